@@ -1,0 +1,238 @@
+"""The ``grasprune`` command line: argument parsing and calls into the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .config import CPU_DEFAULTS, DEFAULT_CALIB, DEFAULT_RESCALE, GPU_DEFAULTS, PruneConfig
+from .errors import UserError
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+
+
+def add_prune_parser(sub) -> None:
+    p = sub.add_parser("prune", help="prune a model under a global parameter budget")
+    p.add_argument("--model", help="smollm2-135m, a hub id, a local folder or a .gguf file")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--keep-ratio", type=_ratio, help="fraction of prunable parameters kept (default 0.7)")
+    budget.add_argument("--ratio", type=_ratio, help="fraction of prunable parameters removed (1 - keep ratio)")
+    p.add_argument("--method", default=None, help="importance criterion (default grasprune)")
+    p.add_argument("--calib-data", help=f"calibration text (default {DEFAULT_CALIB})")
+    p.add_argument("--calib-samples", type=int, help="calibration blocks")
+    p.add_argument("--block-len", type=int, help="tokens per block")
+    p.add_argument("--epochs", type=int, help="gate-training epochs")
+    p.add_argument("--rescale-data", help=f"held-out text for scale calibration (default {DEFAULT_RESCALE})")
+    p.add_argument("--rescale-samples", type=int, help="scale-calibration blocks")
+    p.add_argument("--rescale-epochs", type=int, help="scale-calibration epochs (0 skips it)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--tau", type=float, help="gate temperature")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda or auto (default)")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="frozen backbone precision (default auto)")
+    p.add_argument("--checkpoint-every", type=int, help="gate checkpoint interval in steps")
+    p.add_argument("--eval", dest="eval_datasets", help="comma-separated ppl datasets after export, or 'none'")
+    p.add_argument("--eval-seqlen", type=int)
+    p.add_argument("--eval-windows", type=int)
+    p.add_argument("--trust-remote-code", action="store_true", default=None)
+    p.add_argument("--allow-pickle", action="store_true", default=None, help="accept pickled .bin weights")
+    p.add_argument("--config", help="JSON file of settings (flags override it)")
+    p.add_argument("--out", help="checkpoint folder (default: <run folder>/checkpoint)")
+    p.add_argument("--runs-dir", help="where run folders go (default $GRASPRUNE_RUNS or ./runs)")
+    p.add_argument("--resume", metavar="RUN", help="resume a run folder or run id from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def config_from_args(args) -> PruneConfig:
+    config = PruneConfig.load(args.config) if args.config else PruneConfig()
+    overrides = {
+        name: getattr(args, name)
+        for name in ("model", "keep_ratio", "method", "calib_data", "calib_samples", "block_len", "epochs",
+                     "rescale_data", "rescale_samples", "rescale_epochs", "lr", "tau", "seed", "device", "dtype",
+                     "checkpoint_every", "eval_seqlen", "eval_windows", "trust_remote_code", "allow_pickle")
+        if getattr(args, name) is not None
+    }
+    if args.ratio is not None:
+        overrides["keep_ratio"] = round(1.0 - args.ratio, 10)
+    if args.eval_datasets is not None:
+        names = [d for d in args.eval_datasets.split(",") if d and d != "none"]
+        overrides["eval_datasets"] = names
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def run_prune(args) -> int:
+    from .pipeline import prune_run
+    from .runs import create_run, open_run
+
+    if args.resume:
+        run = open_run(args.resume, Path(args.runs_dir).resolve() if args.runs_dir else None)
+        config = run.config()
+    else:
+        config = config_from_args(args)
+        if not config.model:
+            raise UserError("no model given: pass --model smollm2-135m, a hub id, a folder or a .gguf file")
+        resolved = config.resolved()
+        out = Path(args.out).resolve() if args.out else None
+        if out is not None and out.exists() and not args.overwrite:
+            raise UserError(f"output folder {out} exists: pass --overwrite or another --out")
+        config_defaults_note(resolved)
+        run = create_run(config, Path(args.runs_dir).resolve() if args.runs_dir else None, out)
+    print(f"run folder: {run.folder}", file=sys.stderr)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    from .progress import follow_events
+
+    with follow_events(run):
+        report = prune_run(run, stop=stop, overwrite=args.overwrite or bool(args.resume))
+    print_summary(report, run)
+    return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT ask training to stop after the current step (checkpointed, resumable)."""
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this step (again to abort)...", file=sys.stderr)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def config_defaults_note(config: PruneConfig) -> None:
+    kind = "GPU (paper settings)" if config.device.startswith("cuda") else "CPU-sized"
+    defaults = GPU_DEFAULTS if config.device.startswith("cuda") else CPU_DEFAULTS
+    shown = ", ".join(f"{k}={getattr(config, k)}" for k in defaults)
+    print(f"settings ({kind} defaults where not given): {shown}, device={config.device}, dtype={config.dtype}",
+          file=sys.stderr)
+
+
+def print_summary(report: dict, run) -> None:
+    params = report["params"]
+    print(f"kept {params['prunable_after']:,} of {params['prunable_before']:,} prunable parameters: "
+          f"removed {params['removed_pct_of_prunable']:.2f}% of prunable, "
+          f"{params['removed_pct_of_total']:.2f}% of all parameters "
+          f"({params['total_before']:,} -> {params['total_after']:,})")
+    for name, metric in report["metrics"].items():
+        print(f"{name}: {metric['ppl']:.3f} (seqlen {metric['seqlen']}, {metric['windows']} windows)")
+    print("timing: " + ", ".join(f"{k} {v:.1f}s" for k, v in report["timing"].items()))
+    print(f"checkpoint: {run.output_dir()}")
+
+
+def add_ppl_parser(sub) -> None:
+    p = sub.add_parser("ppl", help="perplexity (non-overlapping windows, DESIGN.md §5)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", default="wikitext2", help="wikitext2 (test split), ptb (test) or a file")
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--max-windows", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true")
+
+
+def run_ppl(args) -> int:
+    from tqdm import tqdm
+
+    from .config import resolve_device, torch_dtype
+    from .evaluate import perplexity
+    from .models import load_model
+
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(args.model, dtype=torch_dtype(args.dtype), device=device,
+                                  trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    bar = tqdm(desc=f"ppl {args.dataset}", unit="window", disable=None, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    result = perplexity(model, tokenizer, args.dataset, args.seqlen, args.max_windows, progress)
+    bar.close()
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(f"{args.dataset} perplexity {result.ppl:.3f} (seqlen {result.seqlen}, {result.windows} windows, "
+              f"{result.tokens} tokens scored)")
+    return 0
+
+
+def add_inspect_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="per-layer table of what a pruned checkpoint kept")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+
+
+def run_inspect(args) -> int:
+    path = Path(args.dir).expanduser().resolve() / "grasprune.json"
+    if not path.is_file():
+        raise UserError(f"{args.dir} is not a GRASPrune checkpoint (no grasprune.json)")
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is corrupt ({err.msg}): export the checkpoint again") from err
+    if args.json:
+        print(json.dumps({"params": report["params"], "layers": report["layers"]}))
+        return 0
+    print(f"{'layer':>5} {'ffn kept':>12} {'kv groups':>10} {'q heads':>8}")
+    for layer in report["layers"]:
+        print(f"{layer['layer']:>5} {layer['ffn_channels']:>6}/{layer['ffn_channels_before']:<5} "
+              f"{layer['kv_groups']:>5}/{layer['kv_groups_before']:<4} {layer['q_heads']:>8}")
+    params = report["params"]
+    print(f"params {params['total_before']:,} -> {params['total_after']:,}: removed "
+          f"{params['removed_pct_of_prunable']:.2f}% of prunable, {params['removed_pct_of_total']:.2f}% of all")
+    return 0
+
+
+COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grasprune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_prune_parser(sub)
+    add_ppl_parser(sub)
+    add_inspect_parser(sub)
+    try:
+        from . import cli_zeroshot
+
+        cli_zeroshot.register(sub)
+        COMMANDS["zeroshot"] = cli_zeroshot.run
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        from .train import Stopped
+
+        if isinstance(err, Stopped):
+            print(f"{err}: resume with `grasprune prune --resume <run>`", file=sys.stderr)
+            return 3
+        print(f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
+        return 1

@@ -1,0 +1,147 @@
+"""The prune configuration: one dataclass shared by the CLI, the app and the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+DEFAULT_CALIB = "wikitext2#lines=0:50%"
+DEFAULT_RESCALE = "wikitext2#lines=50%:100%"
+METHODS = ("grasprune",)
+DTYPES = ("auto", "bf16", "fp32")
+
+# Paper settings on a GPU; a CPU-sized protocol that finishes in minutes otherwise.
+GPU_DEFAULTS = {"calib_samples": 512, "block_len": 512, "epochs": 4, "rescale_samples": 128}
+CPU_DEFAULTS = {"calib_samples": 64, "block_len": 256, "epochs": 2, "rescale_samples": 64}
+
+
+@dataclass
+class PruneConfig:
+    model: str = "smollm2-135m"
+    keep_ratio: float = 0.7
+    method: str = "grasprune"
+    calib_data: str = DEFAULT_CALIB
+    calib_samples: int | None = None
+    block_len: int | None = None
+    epochs: int | None = None
+    rescale_data: str = DEFAULT_RESCALE
+    rescale_samples: int | None = None
+    rescale_epochs: int = 1
+    lr: float = 1e-2
+    tau: float = 1.5
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    checkpoint_every: int = 16
+    eval_datasets: list[str] = field(default_factory=lambda: ["wikitext2"])
+    eval_seqlen: int = 512
+    eval_windows: int | None = 64
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    def resolved(self) -> PruneConfig:
+        """A copy with the device, dtype and size defaults filled in, validated."""
+        device = resolve_device(self.device)
+        defaults = GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS
+        filled = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()}
+        config = dataclasses.replace(self, device=device, dtype=resolve_dtype_name(self.dtype, device), **filled)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < float(self.keep_ratio) <= 1.0:
+            raise UserError(f"keep ratio {self.keep_ratio} is outside (0, 1]: pass --keep-ratio between 0 and 1")
+        if self.method not in METHODS:
+            raise UserError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+        for name in ("calib_samples", "block_len", "epochs", "rescale_samples", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.rescale_epochs < 0:
+            raise UserError(f"--rescale-epochs must be 0 or more (got {self.rescale_epochs})")
+        if self.block_len is not None and self.block_len < 2:
+            raise UserError(f"--block-len must be at least 2 (got {self.block_len})")
+        if not self.lr > 0 or not self.tau > 0:
+            raise UserError("--lr and --tau must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PruneConfig:
+        """Build from parsed JSON, with a one-line error for an unknown key or a wrong type."""
+        if not isinstance(data, dict):
+            raise UserError("config must be a JSON object of prune settings")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key not in fields:
+                raise UserError(f"unknown config key '{key}': known keys are {', '.join(fields)}")
+            _check_type(key, value, fields[key].type)
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruneConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except json.JSONDecodeError as err:
+            raise UserError(f"config {path} is not valid JSON (line {err.lineno}): fix or regenerate it") from err
+        except OSError as err:
+            raise UserError(f"cannot read config {path}: {err.strerror}") from err
+
+
+_TYPES = {
+    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+    "int | None": (int, type(None)), "list[str]": (list,),
+}
+
+
+def _check_type(key: str, value: Any, annotation: str) -> None:
+    allowed = _TYPES[annotation]
+    if isinstance(value, bool) and bool not in allowed:
+        ok = False
+    else:
+        ok = isinstance(value, allowed)
+    if ok and annotation == "list[str]":
+        ok = all(isinstance(v, str) for v in value)
+    if not ok:
+        raise UserError(f"config key '{key}' must be {annotation}, got {type(value).__name__} ({value!r})")
+
+
+def resolve_device(device: str) -> str:
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("CUDA is not available on this machine: pass --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"unknown device '{device}': pass cpu, cuda or cuda:N")
+    return device
+
+
+def has_bf16_matmul(device: str) -> bool:
+    """bf16 matrix units: CUDA with bf16 support, or a CPU with AMX/AVX512-BF16."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype_name(dtype: str, device: str) -> str:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return "bf16" if has_bf16_matmul(device) else "fp32"
+    return dtype
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]

@@ -1,0 +1,80 @@
+"""Gates on a frozen model: multiply each FFN channel and each KV group by a per-unit factor.
+
+Forward hooks apply the factors, so the Hugging Face modeling code is untouched:
+FFN ``down_proj(act(gate(x)) * up(x) * z)`` (a pre-hook on ``down_proj``); a KV factor multiplies
+both the keys (after ``k_norm`` where the family has one) and the values of its group. A group with
+factor 0 has all-zero keys over all-zero values, so its heads output exactly zero and the gated model
+equals the sliced one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .adapters import ModelAdapter
+from .units import UnitLayout
+
+
+class Gates:
+    """Attach once, then ``set(factors)`` before each forward pass; ``remove()`` restores the model."""
+
+    def __init__(self, adapter: ModelAdapter, layout: UnitLayout):
+        self.adapter = adapter
+        self.layout = layout
+        self.head_dim = adapter.head_dim
+        self._ffn: list[torch.Tensor | None] = [None] * layout.num_layers
+        self._kv: list[torch.Tensor | None] = [None] * layout.num_layers
+        self._key: list[torch.Tensor | None] = [None] * layout.num_layers
+        self._handles = []
+        for i, view in enumerate(adapter.views):
+            self._handles.append(view.down.register_forward_pre_hook(self._ffn_hook(i)))
+            self._handles.append(view.key_output.register_forward_hook(self._kv_hook(self._key, i)))
+            self._handles.append(view.v.register_forward_hook(self._kv_hook(self._kv, i)))
+
+    def set(self, factors: torch.Tensor | None, key_factors: torch.Tensor | None = None) -> None:
+        """Per-unit factors (flat, ``layout`` order); ``None`` turns the gates off.
+
+        ``key_factors`` (default: ``factors``) lets the keys get the mask without a scale, for
+        families whose key norm would divide a scale away (see ``Family.scale_keys``).
+        """
+        if factors is None:
+            for slots in (self._ffn, self._kv, self._key):
+                slots[:] = [None] * self.layout.num_layers
+            return
+        key_parts = self.layout.split(factors if key_factors is None else key_factors)
+        for i, (ffn, kv) in enumerate(self.layout.split(factors)):
+            self._ffn[i] = ffn
+            self._kv[i] = kv.repeat_interleave(self.head_dim)
+            self._key[i] = key_parts[i][1].repeat_interleave(self.head_dim)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+    def _ffn_hook(self, layer: int):
+        def hook(module, args):
+            z = self._ffn[layer]
+            if z is None:
+                return None
+            return (args[0] * z.to(args[0].dtype),) + tuple(args[1:])
+
+        return hook
+
+    def _kv_hook(self, slots: list, layer: int):
+        def hook(module, args, output):
+            z = slots[layer]
+            if z is None:
+                return None
+            if output.shape[-1] == z.numel():  # k_proj / v_proj output: (..., groups * head_dim)
+                return output * z.to(output.dtype)
+            # k_norm output: (..., groups, head_dim)
+            return output * z.view(-1, self.head_dim).to(output.dtype)
+
+        return hook

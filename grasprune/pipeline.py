@@ -1,0 +1,176 @@
+"""The whole prune: load, gate training, scale calibration, export, evaluation, emitting events.
+
+``prune_run`` is the one library call behind the CLI and the app. It resumes from the run folder's
+checkpoints when they exist (each phase is skipped once its result is on disk).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .adapters import ModelAdapter
+from .atomic import write_atomic, write_json_atomic
+from .config import PruneConfig, torch_dtype
+from .data import calibration_blocks
+from .errors import UserError
+from .evaluate import perplexity
+from .export import load_pruned, save_pruned
+from .gates import Gates
+from .models import load_model
+from .runs import Run
+from .train import LoopConfig, calibrate_scales, gate_probs, train_gates
+from .units import UnitLayout, layout_of, project
+
+
+def parameter_report(layout: UnitLayout, mask: torch.Tensor, total_before: int) -> dict:
+    prunable_before = layout.prunable_params
+    prunable_after = layout.kept_params(mask)
+    total_after = total_before - (prunable_before - prunable_after)
+    return {
+        "total_before": total_before,
+        "total_after": total_after,
+        "prunable_before": prunable_before,
+        "prunable_after": prunable_after,
+        "removed_pct_of_prunable": round(100 * (1 - prunable_after / prunable_before), 3),
+        "removed_pct_of_total": round(100 * (total_before - total_after) / total_before, 3),
+    }
+
+
+def layer_report(layout: UnitLayout, mask: torch.Tensor) -> list[dict]:
+    ffn, kv = layout.kept_counts(mask)
+    return [
+        {"layer": i, "ffn_channels": f, "kv_groups": k, "q_heads": k * layout.group_size,
+         "ffn_channels_before": s.ffn_channels, "kv_groups_before": s.kv_groups}
+        for i, (f, k, s) in enumerate(zip(ffn, kv, layout.shapes, strict=True))
+    ]
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune_run(run: Run, stop: threading.Event | None = None, overwrite: bool = False) -> dict:
+    """Run (or resume) the prune described by ``run``'s config; return the report."""
+    config = run.config().resolved()
+    emit = run.event_log().emit
+    run.set_status("running")
+    try:
+        report = _prune(config, run, emit, stop, overwrite)
+    except Exception as err:
+        from .train import Stopped
+
+        if isinstance(err, Stopped):
+            run.set_status("stopped", message=str(err))
+        else:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            emit("error", message=message, kind=type(err).__name__)
+            run.set_status("failed", message=message)
+        raise
+    run.set_status("completed")
+    return report
+
+
+def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
+    timing: dict[str, float] = {}
+    out_dir = run.output_dir()
+    if out_dir.exists() and not overwrite and not run.report_path.exists():
+        raise UserError(f"output folder {out_dir} exists: pass --overwrite or another --out")
+    emit("phase", phase="loading", config=config.to_dict())
+    started = time.perf_counter()
+    model, tokenizer = load_model(config.model, device="cpu", trust_remote_code=config.trust_remote_code,
+                                  allow_pickle=config.allow_pickle)
+    total_before = count_parameters(model)
+    adapter = ModelAdapter(model)
+    layout = layout_of(adapter)
+    budget = layout.budget(config.keep_ratio)
+    project(torch.zeros(layout.num_units), layout, budget)  # fails early on an impossible budget
+    calib = calibration_blocks(config.calib_data, tokenizer, config.calib_samples, config.block_len)
+    rescale = (calibration_blocks(config.rescale_data, tokenizer, config.rescale_samples, config.block_len)
+               if config.rescale_epochs > 0 else None)
+    native = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.to(device=config.device, dtype=torch_dtype(config.dtype)).requires_grad_(False)
+    timing["load_s"] = round(time.perf_counter() - started, 2)
+    emit("model", total_params=total_before, prunable_params=layout.prunable_params, budget=budget,
+         layers=layout.to_json()["layers"], group_size=layout.group_size)
+
+    gates = Gates(adapter, layout)
+    scores = _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, timing)
+    mask = project(gate_probs(scores.float().cpu(), config.tau), layout, budget)
+    write_atomic(run.scores_path, lambda tmp: save_file({"scores": scores.cpu(), "mask": mask}, str(tmp)))
+    gamma = _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit, stop, timing)
+    gates.remove()
+
+    emit("phase", phase="export")
+    started = time.perf_counter()
+    model.to(device="cpu")
+    model.load_state_dict(native)  # fold into the checkpoint's own precision, not the training copy
+    report = {
+        "base_model": config.model,
+        "method": config.method,
+        "keep_ratio": config.keep_ratio,
+        "budget": budget,
+        "params": parameter_report(layout, mask, total_before),
+        "layers": layer_report(layout, mask),
+        "mask": {"ffn": [m.nonzero().flatten().tolist() for m, _ in layout.split(mask)],
+                 "kv": [m.nonzero().flatten().tolist() for _, m in layout.split(mask)]},
+        "calibration": {k: getattr(config, k) for k in ("calib_data", "calib_samples", "block_len", "epochs",
+                                                         "rescale_data", "rescale_samples", "rescale_epochs",
+                                                         "lr", "tau", "seed", "dtype", "device")},
+        "config": config.to_dict(),
+        "timing": timing,
+        "metrics": {},
+    }
+    save_pruned(out_dir, adapter, layout, mask, gamma, tokenizer, report, overwrite=True)
+    timing["export_s"] = round(time.perf_counter() - started, 2)
+    write_json_atomic(run.mask_path, report["mask"])
+    _evaluate_phase(config, out_dir, report, emit)
+    write_json_atomic(out_dir / "grasprune.json", report)
+    write_json_atomic(run.report_path, report)
+    emit("done", params=report["params"], metrics=report["metrics"], timing=timing, out=str(out_dir))
+    return report
+
+
+def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, timing) -> torch.Tensor:
+    if run.scores_path.is_file():
+        return load_file(str(run.scores_path))["scores"]
+    emit("phase", phase="gate_training", total=config.epochs * calib.shape[0])
+    started = time.perf_counter()
+    loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,
+                      checkpoint_every=config.checkpoint_every)
+    scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint)
+    timing["gate_training_s"] = round(time.perf_counter() - started, 2)
+    return scores
+
+
+def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit, stop, timing) -> torch.Tensor:
+    if rescale is None:
+        timing["rescale_s"] = 0.0
+        return torch.ones(layout.num_units)
+    emit("phase", phase="scale_calibration", total=config.rescale_epochs * rescale.shape[0])
+    started = time.perf_counter()
+    loop = LoopConfig(epochs=config.rescale_epochs, lr=config.lr, tau=config.tau, seed=config.seed + 1,
+                      checkpoint_every=config.checkpoint_every)
+    gamma = calibrate_scales(model, gates, layout, mask, rescale, loop, adapter.family.scale_keys, emit, stop,
+                             run.scales_checkpoint)
+    timing["rescale_s"] = round(time.perf_counter() - started, 2)
+    return gamma.cpu()
+
+
+def _evaluate_phase(config: PruneConfig, out_dir, report: dict, emit) -> None:
+    if not config.eval_datasets:
+        return
+    emit("phase", phase="evaluation")
+    started = time.perf_counter()
+    model, tokenizer = load_pruned(out_dir, device=config.device)
+    if count_parameters(model) != report["params"]["total_after"]:
+        raise RuntimeError("exported model's parameter count differs from the report")
+    for dataset in config.eval_datasets:
+        result = perplexity(model, tokenizer, dataset, config.eval_seqlen, config.eval_windows,
+                            progress=lambda w, n, d=dataset: emit("eval_progress", dataset=d, window=w, total=n))
+        report["metrics"][f"ppl_{dataset}"] = result.to_json()
+        emit("metric", **result.to_json())
+    report["timing"]["eval_s"] = round(time.perf_counter() - started, 2)

@@ -1,0 +1,200 @@
+"""Gate training with the projected straight-through estimator, and scale calibration.
+
+Both loops are plain: one block per step (batch 1), next-token loss of the frozen model with the
+gates applied, AdamW on the gate parameters only. The data order of each epoch is a permutation
+drawn from (seed, epoch), so a resumed run sees exactly the blocks the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .atomic import write_atomic
+from .errors import UserError
+from .events import Emit, no_events
+from .gates import Gates
+from .units import UnitLayout, project
+
+
+class Stopped(Exception):
+    """Training was asked to stop; its state is checkpointed and the run can resume."""
+
+
+@dataclass
+class LoopConfig:
+    epochs: int
+    lr: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.99)
+    tau: float = 1.5
+    seed: int = 0
+    checkpoint_every: int = 16
+
+
+def epoch_order(seed: int, epoch: int, num_blocks: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_blocks, generator=generator)
+
+
+def gate_probs(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    return torch.sigmoid(scores / tau)
+
+
+def ste_factors(scores: torch.Tensor, layout: UnitLayout, budget: int, tau: float):
+    """``z = m + p - p.detach()``: the hard budget-feasible mask forward, sigmoid gradients backward."""
+    probs = gate_probs(scores, tau)
+    mask = project(probs, layout, budget)
+    return mask + probs - probs.detach(), mask
+
+
+def block_loss(model, block: torch.Tensor) -> torch.Tensor:
+    ids = block.unsqueeze(0).to(model.device)
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    if not torch.isfinite(loss):
+        raise UserError(
+            f"non-finite loss ({loss.item()}): the model or data produce NaN/inf; try --dtype fp32 or other data"
+        )
+    return loss
+
+
+class _Loop:
+    """Shared step/epoch bookkeeping, checkpointing and stop handling for both training phases."""
+
+    def __init__(self, phase, param, blocks, cfg: LoopConfig, emit: Emit, stop, checkpoint: Path | None):
+        self.phase, self.param, self.blocks, self.cfg = phase, param, blocks, cfg
+        self.emit, self.stop, self.checkpoint = emit, stop or threading.Event(), checkpoint
+        self.optimizer = torch.optim.AdamW([param], lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
+        self.total = cfg.epochs * blocks.shape[0]
+        self.step = 0
+        if checkpoint is not None and checkpoint.is_file():
+            self._restore(checkpoint)
+
+    def run(self, step: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]) -> None:
+        """Call ``step(block) -> (loss, event fields)`` for every remaining step, then update, emit and
+        checkpoint; stop (checkpointed) when asked."""
+        n = self.blocks.shape[0]
+        start, first = time.perf_counter(), self.step
+        while self.step < self.total:
+            if self.stop.is_set():
+                self.save()
+                self.emit("stopped", phase=self.phase, step=self.step, total=self.total)
+                raise Stopped(f"stopped during {self.phase} at step {self.step} of {self.total}")
+            epoch, i = divmod(self.step, n)
+            loss, fields = step(self.blocks[epoch_order(self.cfg.seed, epoch, n)[i]])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            elapsed = time.perf_counter() - start
+            eta = elapsed / (self.step - first) * (self.total - self.step)
+            self.emit("step", phase=self.phase, step=self.step, total=self.total, loss=round(loss.item(), 5),
+                      eta=round(eta, 1), **fields)
+            if self.checkpoint is not None and self.step % self.cfg.checkpoint_every == 0:
+                self.save()
+        self.save()
+
+    def save(self) -> None:
+        if self.checkpoint is None:
+            return
+        tensors = {"param": self.param.detach().cpu().contiguous()}
+        state = self.optimizer.state.get(self.param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[key] = state[key].detach().cpu().contiguous()
+        meta = {"phase": self.phase, "step": str(self.step), "opt_step": str(int(state.get("step", 0)))}
+        write_atomic(self.checkpoint, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def _restore(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata()
+        tensors = load_file(str(path))
+        with torch.no_grad():
+            self.param.copy_(tensors["param"].to(self.param.device))
+        self.step = int(meta["step"])
+        if "exp_avg" in tensors:
+            device = self.param.device
+            self.optimizer.state[self.param] = {
+                "step": torch.tensor(float(meta["opt_step"])),
+                "exp_avg": tensors["exp_avg"].to(device),
+                "exp_avg_sq": tensors["exp_avg_sq"].to(device),
+            }
+
+
+def train_gates(
+    model,
+    gates: Gates,
+    layout: UnitLayout,
+    blocks: torch.Tensor,
+    budget: int,
+    cfg: LoopConfig,
+    emit: Emit = no_events,
+    stop: threading.Event | None = None,
+    checkpoint: Path | None = None,
+    init_scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Learn one score per unit; return the final scores (the final mask is their projection)."""
+    scores = torch.zeros(layout.num_units, device=model.device) if init_scores is None else init_scores.clone()
+    scores = torch.nn.Parameter(scores.float().to(model.device))
+    loop = _Loop("gate_training", scores, blocks, cfg, emit, stop, checkpoint)
+    previous = [None]
+
+    def step(block):
+        factors, mask = ste_factors(scores, layout, budget, cfg.tau)
+        gates.set(factors)
+        loss = block_loss(model, block)
+        churn = 0 if previous[0] is None else int((mask != previous[0]).sum())
+        previous[0] = mask
+        ffn, kv = layout.kept_counts(mask)
+        mean_prob = round(gate_probs(scores.detach(), cfg.tau).mean().item(), 5)
+        return loss, {"ffn_kept": ffn, "kv_kept": kv, "churn": churn, "mean_prob": mean_prob}
+
+    try:
+        loop.run(step)
+    finally:
+        gates.set(None)
+    return scores.detach()
+
+
+def scale_factors(raw: torch.Tensor) -> torch.Tensor:
+    """``gamma = 1 + 0.5 * tanh(r)``: starts at 1, stays in (0.5, 1.5)."""
+    return 1.0 + 0.5 * torch.tanh(raw)
+
+
+def calibrate_scales(
+    model,
+    gates: Gates,
+    layout: UnitLayout,
+    mask: torch.Tensor,
+    blocks: torch.Tensor,
+    cfg: LoopConfig,
+    scale_keys: bool = True,
+    emit: Emit = no_events,
+    stop: threading.Event | None = None,
+    checkpoint: Path | None = None,
+) -> torch.Tensor:
+    """Learn a scale per kept unit with the mask fixed; return gamma (1 on pruned units)."""
+    raw = torch.nn.Parameter(torch.zeros(layout.num_units, device=model.device))
+    mask = mask.to(model.device)
+    loop = _Loop("scale_calibration", raw, blocks, cfg, emit, stop, checkpoint)
+
+    def step(block):
+        factors = mask * scale_factors(raw)
+        gates.set(factors, key_factors=None if scale_keys else mask)
+        return block_loss(model, block), {}
+
+    try:
+        loop.run(step)
+    finally:
+        gates.set(None)
+    gamma = scale_factors(raw.detach())
+    return torch.where(mask.bool(), gamma, torch.ones_like(gamma))
+
+
