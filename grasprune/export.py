@@ -159,7 +159,7 @@ def model_card(report: dict) -> str:
         f"(from {params.get('total_before', 0):,}).\n\n"
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)\n"
-        "tokenizer = AutoTokenizer.from_pretrained(path)\n```\n\n"
+        "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n```\n\n"
         "Or without remote code: `import grasprune; model, tokenizer = grasprune.load_pruned(path)`.\n"
         "Details (mask, per-layer counts, settings, metrics) are in `grasprune.json`.\n"
     )
@@ -177,5 +177,6 @@ def load_pruned(path, dtype: torch.dtype | None = None, device: str = "cpu"):
         raise UserError(f"{folder} has no weights (*.safetensors): export the checkpoint again")
     cls = model_class_for(json.loads(config_path.read_text()).get("model_type", ""))
     model = cls.from_pretrained(folder, dtype=dtype or "auto", use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # our config passed in: AutoTokenizer would otherwise load the folder's config through its auto_map
+    tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)
     return model.to(device).eval(), tokenizer

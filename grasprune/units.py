@@ -102,8 +102,7 @@ def _spread_tie_order(layout: UnitLayout) -> torch.Tensor:
     the same fraction of every layer instead of whole layers in index order."""
     sizes = torch.tensor(layout.sizes, dtype=torch.float64)[layout.group]
     relative = layout.index.to(torch.float64) / sizes
-    key = relative * (2 * layout.num_layers) + layout.group.to(torch.float64) / (2 * layout.num_layers + 1)
-    return torch.argsort(key, stable=True)
+    return torch.argsort(relative, stable=True)  # units are laid out by group, so equal positions stay in group order
 
 
 def project(probs: torch.Tensor, layout: UnitLayout, budget: int) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""A run's progress folded from its event log: what the live view and the run table show.
+
+``Timeline.apply`` is idempotent for replayed steps: a resumed run re-emits the steps after its last
+checkpoint, and those replace the earlier values instead of doubling the curves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PHASES = ("loading", "gate_training", "scale_calibration", "export", "evaluation")
+PHASE_LABELS = {
+    "loading": "loading",
+    "gate_training": "gate training",
+    "scale_calibration": "scale calibration",
+    "export": "export",
+    "evaluation": "evaluation",
+}
+
+
+@dataclass
+class Timeline:
+    seen: int = 0  # events applied (the ``since`` of the next read)
+    started: float | None = None
+    last_time: float | None = None
+    phase: str | None = None
+    phase_total: int | None = None
+    step: int = 0
+    eta: float | None = None
+    loss: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # phase -> [(step, loss)]
+    churn: list[tuple[int, int]] = field(default_factory=list)
+    kept_history: list[tuple[int, list[int], list[int]]] = field(default_factory=list)  # (step, ffn, kv)
+    model: dict | None = None  # the "model" event: layer shapes, budget, parameter counts
+    ffn_kept: list[int] | None = None
+    kv_kept: list[int] | None = None
+    eval_progress: tuple[str, int, int] | None = None  # (dataset, window, total)
+    metrics: dict[str, dict] = field(default_factory=dict)
+    stopped: bool = False
+    error: str | None = None
+    done: dict | None = None
+
+    def apply(self, event: dict) -> None:
+        kind = event.get("type")
+        time = event.get("time")
+        if time is not None:
+            self.started = time if self.started is None else self.started
+            self.last_time = time
+        if kind == "phase":
+            self.phase, self.phase_total = event.get("phase"), event.get("total")
+            self.step, self.eta, self.stopped, self.error = 0, None, False, None
+        elif kind == "model":
+            self.model = event
+        elif kind == "step":
+            self._step(event)
+        elif kind == "eval_progress":
+            self.eval_progress = (event["dataset"], event["window"], event["total"])
+        elif kind == "metric":
+            self.metrics[event["dataset"]] = event
+        elif kind == "stopped":
+            self.stopped = True
+        elif kind == "error":
+            self.error = event.get("message")
+        elif kind == "done":
+            self.done = event
+
+    def _step(self, event: dict) -> None:
+        phase, step = event["phase"], event["step"]
+        self.phase, self.phase_total, self.step, self.eta = phase, event.get("total"), step, event.get("eta")
+        series = self.loss.setdefault(phase, [])
+        _truncate(series, step)
+        series.append((step, event["loss"]))
+        if phase == "gate_training":
+            _truncate(self.churn, step)
+            self.churn.append((step, event.get("churn", 0)))
+            if "ffn_kept" in event:
+                self.ffn_kept, self.kv_kept = event["ffn_kept"], event["kv_kept"]
+                _truncate(self.kept_history, step)
+                self.kept_history.append((step, event["ffn_kept"], event["kv_kept"]))
+
+    def extend(self, events: list[dict]) -> Timeline:
+        for event in events:
+            self.apply(event)
+        self.seen += len(events)
+        return self
+
+    @property
+    def fraction(self) -> float:
+        """Progress through the current phase, 0..1."""
+        if self.phase == "evaluation" and self.eval_progress:
+            return min(1.0, self.eval_progress[1] / max(1, self.eval_progress[2]))
+        if self.phase_total:
+            return min(1.0, self.step / self.phase_total)
+        return 1.0 if self.done else 0.0
+
+    @property
+    def phase_label(self) -> str:
+        return PHASE_LABELS.get(self.phase or "", self.phase or "waiting to start")
+
+
+def _truncate(series: list, step: int) -> None:
+    """Drop entries at or after ``step`` (a resumed run replays them)."""
+    while series and series[-1][0] >= step:
+        series.pop()
+
+
+def timeline_of(events: list[dict]) -> Timeline:
+    return Timeline().extend(events)

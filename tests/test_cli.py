@@ -1,0 +1,130 @@
+"""The CLI end to end on a tiny model, and its one-line errors for bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+SMALL = ["--calib-samples", "4", "--block-len", "32", "--epochs", "2", "--rescale-samples", "2",
+         "--eval-seqlen", "64", "--eval-windows", "2", "--checkpoint-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "out"
+    result = run_cli("prune", "--model", str(tiny_model_dir), "--keep-ratio", "0.6", *SMALL, "--out", str(out),
+                     "--runs-dir", str(root / "runs"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_prune_writes_a_complete_report(pruned):
+    out, result = pruned
+    report = json.loads((out / "grasprune.json").read_text())
+    params = report["params"]
+    assert set(params) >= {"total_before", "total_after", "prunable_before", "prunable_after"}
+    kept = params["prunable_after"] / params["prunable_before"]
+    assert 0.6 - 0.01 <= kept <= 0.6 + 0.005 or kept <= 0.6  # tiny layers: one KV group is a big step
+    assert kept <= 0.6
+    assert report["keep_ratio"] == 0.6
+    assert len(report["layers"]) == 3
+    assert {"ffn_channels", "kv_groups", "q_heads"} <= set(report["layers"][0])
+    assert {"gate_training_s", "rescale_s", "export_s"} <= set(report["timing"])
+    assert report["config"]["calib_samples"] == 4 and report["config"]["seed"] == 0
+    assert report["metrics"]["ppl_wikitext2"]["windows"] == 2
+    assert "% of prunable" in result.stdout.replace("prunable,", "% of prunable") or "of prunable" in result.stdout
+    assert "of all parameters" in result.stdout
+
+
+def test_ppl_json_on_the_pruned_checkpoint(pruned):
+    out, _ = pruned
+    result = run_cli("ppl", "--model", str(out), "--dataset", "wikitext2", "--seqlen", "64", "--max-windows", "2",
+                     "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout)
+    assert set(answer) >= {"ppl", "seqlen", "windows", "tokens"}
+    assert answer["windows"] == 2 and answer["tokens"] == 2 * 63
+    report = json.loads((out / "grasprune.json").read_text())
+    # the same windows of the same checkpoint, scored in another process (fp32 reduction order may differ)
+    assert answer["ppl"] == pytest.approx(report["metrics"]["ppl_wikitext2"]["ppl"], rel=1e-4)
+
+
+def test_inspect_prints_the_per_layer_table(pruned):
+    out, _ = pruned
+    result = run_cli("inspect", str(out))
+    assert result.returncode == 0
+    report = json.loads((out / "grasprune.json").read_text())
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 + 3 + 1
+    assert f"{report['layers'][0]['ffn_channels']}/96" in lines[1]
+
+
+def test_same_seed_gives_the_same_mask(pruned, tiny_model_dir, tmp_path):
+    out, _ = pruned
+    again = tmp_path / "again"
+    result = run_cli("prune", "--model", str(tiny_model_dir), "--ratio", "0.4", *SMALL, "--eval", "none",
+                     "--out", str(again), "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = json.loads((out / "grasprune.json").read_text())["mask"]
+    second = json.loads((again / "grasprune.json").read_text())["mask"]
+    assert first == second
+    assert (out / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
+
+
+BAD_INPUTS = [
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--model", "{tmp}/empty-folder"], "has no config.json"),
+    (["--model", "{tiny}", "--keep-ratio", "0"], "outside (0, 1]"),
+    (["--model", "{tiny}", "--keep-ratio", "1.5"], "outside (0, 1]"),
+    (["--model", "{tiny}", "--keep-ratio", "0.001"], "cannot keep one FFN channel and one KV group per layer"),
+    (["--model", "{tiny}", "--calib-data", "{tmp}/missing.txt"], "data file not found"),
+    (["--model", "{tiny}", "--calib-data", "{tmp}/empty.txt"], "is empty"),
+    (["--model", "{tiny}", "--block-len", "10000000"], "fewer than one block"),
+    (["--model", "{tiny}", "--out", "{tmp}"], "exists: pass --overwrite"),
+    (["--model", "{tiny}", "--device", "tpu"], "unknown device"),
+    (["--model", "{tiny}", "--config", "{tmp}/bad-config.json"], "config key 'epochs' must be int | None"),
+    (["--model", "{tiny}", "--resume", "../../etc"], "invalid run id"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(args, message, tiny_model_dir, tmp_path):
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "bad-config.json").write_text(json.dumps({"epochs": "two"}))
+    runs = tmp_path / "runs"
+    args = [a.format(tmp=tmp_path, tiny=tiny_model_dir) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "never")]
+    result = run_cli("prune", *SMALL[:6], *args, "--runs-dir", str(runs), timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "never").exists()
+    assert not any(Path(tmp_path).glob(".*partial"))
+
+
+def test_a_pickle_only_folder_is_refused_with_how_to_convert(tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (folder / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    result = run_cli("ppl", "--model", str(folder))
+    assert result.returncode == 2
+    assert "pickled weights" in result.stderr and "safetensors" in result.stderr and "--allow-pickle" in result.stderr
+
+
+def test_custom_code_is_refused_without_opt_in(tmp_path, tiny_model_dir):
+    import shutil
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    result = run_cli("ppl", "--model", str(folder))
+    assert result.returncode == 2 and "--trust-remote-code" in result.stderr
