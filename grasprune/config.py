@@ -14,7 +14,7 @@ from .errors import UserError
 
 DEFAULT_CALIB = "wikitext2#lines=0:50%"
 DEFAULT_RESCALE = "wikitext2#lines=50%:100%"
-METHODS = ("grasprune",)
+METHODS = ("grasprune", "random", "magnitude", "wanda-sp", "flap", "taylor")
 DTYPES = ("auto", "bf16", "fp32")
 
 # Paper settings on a GPU; a CPU-sized protocol that finishes in minutes otherwise.

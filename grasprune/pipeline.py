@@ -92,6 +92,7 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     rescale = (calibration_blocks(config.rescale_data, tokenizer, config.rescale_samples, config.block_len)
                if config.rescale_epochs > 0 else None)
     native = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    native_dtype = next(model.parameters()).dtype
     model.to(device=config.device, dtype=torch_dtype(config.dtype)).requires_grad_(False)
     timing["load_s"] = round(time.perf_counter() - started, 2)
     emit("model", total_params=total_before, prunable_params=layout.prunable_params, budget=budget,
@@ -99,14 +100,16 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
 
     gates = Gates(adapter, layout)
     scores = _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, timing)
-    mask = project(gate_probs(scores.float().cpu(), config.tau), layout, budget)
+    ranking = gate_probs(scores.float().cpu(), config.tau) if config.method == "grasprune" else scores.float().cpu()
+    mask = project(ranking, layout, budget)
     write_atomic(run.scores_path, lambda tmp: save_file({"scores": scores.cpu(), "mask": mask}, str(tmp)))
     gamma = _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit, stop, timing)
     gates.remove()
+    write_atomic(run.gamma_path, lambda tmp: save_file({"gamma": gamma.contiguous()}, str(tmp)))
 
     emit("phase", phase="export")
     started = time.perf_counter()
-    model.to(device="cpu")
+    model.to(device="cpu", dtype=native_dtype)
     model.load_state_dict(native)  # fold into the checkpoint's own precision, not the training copy
     report = {
         "base_model": config.model,
@@ -135,8 +138,17 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
 
 
 def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, timing) -> torch.Tensor:
+    """Scores whose projection is the mask: learned gates, or a baseline's one-shot importance."""
     if run.scores_path.is_file():
         return load_file(str(run.scores_path))["scores"]
+    if config.method != "grasprune":
+        from .baselines import unit_importance
+
+        emit("phase", phase="importance")
+        started = time.perf_counter()
+        scores = unit_importance(config.method, model, gates.adapter, layout, calib, seed=config.seed)
+        timing["importance_s"] = round(time.perf_counter() - started, 2)
+        return scores
     emit("phase", phase="gate_training", total=config.epochs * calib.shape[0])
     started = time.perf_counter()
     loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,

@@ -54,6 +54,7 @@ class Run:
     gates_checkpoint = property(lambda self: self.folder / "gates.safetensors")
     scales_checkpoint = property(lambda self: self.folder / "scales.safetensors")
     scores_path = property(lambda self: self.folder / "scores.safetensors")
+    gamma_path = property(lambda self: self.folder / "gamma.safetensors")
     mask_path = property(lambda self: self.folder / "mask.json")
     report_path = property(lambda self: self.folder / "report.json")
     default_checkpoint = property(lambda self: self.folder / "checkpoint")
