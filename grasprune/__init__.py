@@ -1,0 +1,39 @@
+"""GRASPrune: structured pruning of FFN channels and KV-head groups under one global budget.
+
+The library calls behind the CLI and the app:
+
+- ``load_model(spec) -> (model, tokenizer)``: the embedded alias ``smollm2-135m``, a hub id, a
+  folder or a ``.gguf`` file.
+- ``prune(PruneConfig(...), out=...) -> report``: gate training, scale calibration, export, evaluation.
+- ``perplexity(model, tokenizer, dataset, seqlen, max_windows)``.
+- ``save_pruned(...)`` / ``load_pruned(dir) -> (model, tokenizer)``: the checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from .config import PruneConfig
+from .errors import UserError
+from .evaluate import perplexity
+from .export import load_pruned, save_pruned
+from .models import load_model
+
+__all__ = ["PruneConfig", "UserError", "load_model", "load_pruned", "perplexity", "prune", "save_pruned"]
+
+
+def prune(
+    config: PruneConfig,
+    out: str | Path | None = None,
+    runs_dir: str | Path | None = None,
+    stop: threading.Event | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Run a whole prune in a new run folder; return the report (also in ``<out>/grasprune.json``)."""
+    from .pipeline import prune_run
+    from .runs import create_run
+
+    config.resolved()  # validate before creating anything
+    run = create_run(config, Path(runs_dir).resolve() if runs_dir else None, Path(out).resolve() if out else None)
+    return prune_run(run, stop=stop, overwrite=overwrite)

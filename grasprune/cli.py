@@ -34,7 +34,13 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--rescale-data", help=f"held-out text for scale calibration (default {DEFAULT_RESCALE})")
     p.add_argument("--rescale-samples", type=int, help="scale-calibration blocks")
     p.add_argument("--rescale-epochs", type=int, help="scale-calibration epochs (0 skips it)")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--variant", help="gate-training variant: studio (default, best measured) or paper (exact)")
+    p.add_argument("--score-init", help="initial gate scores: zero (paper) or a one-shot importance")
+    p.add_argument("--tau-end", type=float, help="anneal the gate temperature linearly to this value")
+    p.add_argument("--warmup", type=float, help="fraction of steps with a linear learning-rate warm-up")
+    p.add_argument("--distill", type=float, help="weight of a KL loss to the dense model (0 = LM loss only)")
+    p.add_argument("--lr", type=float, help="gate learning rate")
+    p.add_argument("--rescale-lr", type=float, help="scale-calibration learning rate (default 1e-2)")
     p.add_argument("--tau", type=float, help="gate temperature")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda or auto (default)")
@@ -58,6 +64,7 @@ def config_from_args(args) -> PruneConfig:
         name: getattr(args, name)
         for name in ("model", "keep_ratio", "method", "calib_data", "calib_samples", "block_len", "epochs",
                      "rescale_data", "rescale_samples", "rescale_epochs", "lr", "tau", "seed", "device", "dtype",
+                     "variant", "score_init", "tau_end", "warmup", "distill", "rescale_lr",
                      "checkpoint_every", "eval_seqlen", "eval_windows", "trust_remote_code", "allow_pickle")
         if getattr(args, name) is not None
     }

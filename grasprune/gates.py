@@ -47,6 +47,12 @@ class Gates:
             self._kv[i] = kv.repeat_interleave(self.head_dim)
             self._key[i] = key_parts[i][1].repeat_interleave(self.head_dim)
 
+    def snapshot(self) -> tuple[list, list, list]:
+        return list(self._ffn), list(self._kv), list(self._key)
+
+    def restore(self, saved: tuple[list, list, list]) -> None:
+        self._ffn[:], self._kv[:], self._key[:] = saved
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()

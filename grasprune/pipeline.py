@@ -22,7 +22,7 @@ from .export import load_pruned, save_pruned
 from .gates import Gates
 from .models import load_model
 from .runs import Run
-from .train import LoopConfig, calibrate_scales, gate_probs, train_gates
+from .train import LoopConfig, calibrate_scales, gate_probs, scores_from_importance, train_gates
 from .units import UnitLayout, layout_of, project
 
 
@@ -122,7 +122,8 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
                  "kv": [m.nonzero().flatten().tolist() for _, m in layout.split(mask)]},
         "calibration": {k: getattr(config, k) for k in ("calib_data", "calib_samples", "block_len", "epochs",
                                                          "rescale_data", "rescale_samples", "rescale_epochs",
-                                                         "lr", "tau", "seed", "dtype", "device")},
+                                                         "variant", "score_init", "lr", "tau", "tau_end", "warmup",
+                                                         "distill", "seed", "dtype", "device")},
         "config": config.to_dict(),
         "timing": timing,
         "metrics": {},
@@ -149,11 +150,19 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
         scores = unit_importance(config.method, model, gates.adapter, layout, calib, seed=config.seed)
         timing["importance_s"] = round(time.perf_counter() - started, 2)
         return scores
-    emit("phase", phase="gate_training", total=config.epochs * calib.shape[0])
+    init = None
     started = time.perf_counter()
+    if config.score_init != "zero":
+        from .baselines import unit_importance
+
+        emit("phase", phase="importance")
+        importance = unit_importance(config.score_init, model, gates.adapter, layout, calib, seed=config.seed)
+        init = scores_from_importance(importance, layout, config.tau)
+    emit("phase", phase="gate_training", total=config.epochs * calib.shape[0])
     loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,
-                      checkpoint_every=config.checkpoint_every)
-    scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint)
+                      checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
+                      distill=config.distill)
+    scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint, init)
     timing["gate_training_s"] = round(time.perf_counter() - started, 2)
     return scores
 
@@ -164,8 +173,8 @@ def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit
         return torch.ones(layout.num_units)
     emit("phase", phase="scale_calibration", total=config.rescale_epochs * rescale.shape[0])
     started = time.perf_counter()
-    loop = LoopConfig(epochs=config.rescale_epochs, lr=config.lr, tau=config.tau, seed=config.seed + 1,
-                      checkpoint_every=config.checkpoint_every)
+    loop = LoopConfig(epochs=config.rescale_epochs, lr=config.rescale_lr, seed=config.seed + 1,
+                      checkpoint_every=config.checkpoint_every, distill=config.distill)
     gamma = calibrate_scales(model, gates, layout, mask, rescale, loop, adapter.family.scale_keys, emit, stop,
                              run.scales_checkpoint)
     timing["rescale_s"] = round(time.perf_counter() - started, 2)

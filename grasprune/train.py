@@ -35,6 +35,18 @@ class LoopConfig:
     tau: float = 1.5
     seed: int = 0
     checkpoint_every: int = 16
+    tau_end: float | None = None  # anneal the gate temperature linearly from tau to tau_end
+    warmup: float = 0.0  # fraction of the steps with a linear learning-rate warm-up
+    distill: float = 0.0  # weight of the KL divergence to the dense model's next-token distribution
+
+    def tau_at(self, step: int, total: int) -> float:
+        if self.tau_end is None or total <= 1:
+            return self.tau
+        return self.tau + (self.tau_end - self.tau) * step / (total - 1)
+
+    def lr_at(self, step: int, total: int) -> float:
+        warm = int(self.warmup * total)
+        return self.lr * min(1.0, (step + 1) / warm) if warm > 0 else self.lr
 
 
 def epoch_order(seed: int, epoch: int, num_blocks: int) -> torch.Tensor:
@@ -46,6 +58,19 @@ def gate_probs(scores: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.sigmoid(scores / tau)
 
 
+def scores_from_importance(importance: torch.Tensor, layout: UnitLayout, tau: float) -> torch.Tensor:
+    """Initial scores from a one-shot importance: each unit's percentile among the units of its kind
+    becomes its initial probability (clipped to [0.02, 0.98]). Ranking within a kind makes the scales of
+    FFN and KV importances irrelevant, so the first mask removes about the same share of each kind."""
+    scores = torch.zeros(layout.num_units)
+    for kind in (0, 1):
+        members = torch.nonzero(layout.kind == kind).flatten()
+        ranks = torch.argsort(torch.argsort(importance[members].float(), stable=True), stable=True).float()
+        percentile = ((ranks + 0.5) / members.numel()).clamp(0.02, 0.98)
+        scores[members] = tau * torch.logit(percentile)
+    return scores
+
+
 def ste_factors(scores: torch.Tensor, layout: UnitLayout, budget: int, tau: float):
     """``z = m + p - p.detach()``: the hard budget-feasible mask forward, sigmoid gradients backward."""
     probs = gate_probs(scores, tau)
@@ -53,9 +78,23 @@ def ste_factors(scores: torch.Tensor, layout: UnitLayout, budget: int, tau: floa
     return mask + probs - probs.detach(), mask
 
 
-def block_loss(model, block: torch.Tensor) -> torch.Tensor:
+def block_loss(model, block: torch.Tensor, gates: Gates | None = None, distill: float = 0.0) -> torch.Tensor:
+    """Next-token cross-entropy of the gated model; with ``distill > 0``, mixed with the KL divergence
+    to the ungated (dense) model's distribution, which costs one extra forward pass without gradients."""
     ids = block.unsqueeze(0).to(model.device)
-    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    if distill > 0 and gates is not None:
+        saved = gates.snapshot()
+        gates.set(None)
+        with torch.no_grad():
+            teacher = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
+        gates.restore(saved)
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+        student = torch.log_softmax(logits, -1)
+        ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
+        kl = torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
+        loss = (1 - distill) * ce + distill * kl
+    else:
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
     if not torch.isfinite(loss):
         raise UserError(
             f"non-finite loss ({loss.item()}): the model or data produce NaN/inf; try --dtype fp32 or other data"
@@ -75,9 +114,10 @@ class _Loop:
         if checkpoint is not None and checkpoint.is_file():
             self._restore(checkpoint)
 
-    def run(self, step: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]) -> None:
-        """Call ``step(block) -> (loss, event fields)`` for every remaining step, then update, emit and
-        checkpoint; stop (checkpointed) when asked."""
+    def run(self, step: Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]) -> None:
+        """Call ``step(block, step_index) -> (loss, event fields)`` for every remaining step, then update,
+        emit and checkpoint; stop (checkpointed) when asked. Schedules depend on the step index only, so a
+        resumed run follows them exactly."""
         n = self.blocks.shape[0]
         start, first = time.perf_counter(), self.step
         while self.step < self.total:
@@ -86,7 +126,9 @@ class _Loop:
                 self.emit("stopped", phase=self.phase, step=self.step, total=self.total)
                 raise Stopped(f"stopped during {self.phase} at step {self.step} of {self.total}")
             epoch, i = divmod(self.step, n)
-            loss, fields = step(self.blocks[epoch_order(self.cfg.seed, epoch, n)[i]])
+            loss, fields = step(self.blocks[epoch_order(self.cfg.seed, epoch, n)[i]], self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.lr_at(self.step, self.total)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -146,14 +188,15 @@ def train_gates(
     loop = _Loop("gate_training", scores, blocks, cfg, emit, stop, checkpoint)
     previous = [None]
 
-    def step(block):
-        factors, mask = ste_factors(scores, layout, budget, cfg.tau)
+    def step(block, index):
+        tau = cfg.tau_at(index, loop.total)
+        factors, mask = ste_factors(scores, layout, budget, tau)
         gates.set(factors)
-        loss = block_loss(model, block)
+        loss = block_loss(model, block, gates, cfg.distill)
         churn = 0 if previous[0] is None else int((mask != previous[0]).sum())
         previous[0] = mask
         ffn, kv = layout.kept_counts(mask)
-        mean_prob = round(gate_probs(scores.detach(), cfg.tau).mean().item(), 5)
+        mean_prob = round(gate_probs(scores.detach(), tau).mean().item(), 5)
         return loss, {"ffn_kept": ffn, "kv_kept": kv, "churn": churn, "mean_prob": mean_prob}
 
     try:
@@ -185,10 +228,10 @@ def calibrate_scales(
     mask = mask.to(model.device)
     loop = _Loop("scale_calibration", raw, blocks, cfg, emit, stop, checkpoint)
 
-    def step(block):
+    def step(block, index):
         factors = mask * scale_factors(raw)
         gates.set(factors, key_factors=None if scale_keys else mask)
-        return block_loss(model, block), {}
+        return block_loss(model, block, gates, cfg.distill), {}
 
     try:
         loop.run(step)

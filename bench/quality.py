@@ -1,0 +1,158 @@
+"""GRASPrune against the baselines: perplexity at each keep ratio, same budget, projection and export.
+
+    python -m bench.quality [--methods grasprune,random,magnitude,wanda-sp,flap,taylor]
+                            [--keep-ratios 0.8,0.7,0.5] [--rescale both|on|off] [--limit-windows 64]
+
+Every entry is one real ``prune_run`` (the library call behind ``grasprune prune``). Baselines are run
+one-shot (``rescale_epochs=0``, as published) and with our scale calibration (``rescale_epochs=1``);
+GRASPrune always with its scale calibration. ``quality.json`` is rewritten atomically after every
+entry, and entries already there with the same settings are skipped, so the grid can be filled in
+over several sessions. ``quality.md`` (table, who wins) and ``quality.png`` are redrawn each time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from grasprune.atomic import write_json_atomic, write_text_atomic
+from grasprune.config import METHODS, PruneConfig
+from grasprune.evaluate import perplexity
+from grasprune.models import load_model
+from grasprune.pipeline import count_parameters, prune_run
+from grasprune.runs import create_run
+
+from .common import DENSE, RESULTS, csv, describe, set_threads, setting
+from .quality_report import markdown, plot
+
+CALIB = "wikitext-2-tokenized/valid.txt#lines=0:50%"
+RESCALE = "wikitext-2-tokenized/valid.txt#lines=50%:100%"
+VARIANTS = {"off": (0,), "on": (1,), "both": (0, 1)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
+    p.add_argument("--methods", type=csv(), default=list(METHODS))
+    p.add_argument("--keep-ratios", type=csv(float), default=[0.8, 0.7, 0.5])
+    p.add_argument("--rescale", choices=sorted(VARIANTS), default="both",
+                   help="baselines one-shot (off), with our scale calibration (on), or both")
+    p.add_argument("--model", default=DENSE)
+    p.add_argument("--calib-data", default=CALIB)
+    p.add_argument("--rescale-data", default=RESCALE)
+    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument("--block-len", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--rescale-samples", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", help="training dtype (auto: bf16 where the CPU has bf16 matmul)")
+    p.add_argument("--datasets", type=csv(), default=["wikitext2", "ptb"])
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--limit-windows", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs/bench-quality"))
+    p.add_argument("--keep-checkpoints", choices=("grasprune", "all", "none"), default="grasprune",
+                   help="which exported checkpoints to keep for bench.speed (others are deleted after evaluation)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def planned(args: argparse.Namespace) -> list[dict]:
+    """The settings of every entry to have, dense first: each is the entry's identity in quality.json."""
+    evaluation = {"datasets": args.datasets, "seqlen": args.seqlen, "windows": args.limit_windows}
+    grid = [{"model": args.model, "method": "dense", **evaluation}]
+    for keep in args.keep_ratios:
+        for method in args.methods:
+            for rescale in (1,) if method == "grasprune" else VARIANTS[args.rescale]:
+                grid.append({
+                    "model": args.model, "method": method, "keep_ratio": keep, "rescale_epochs": rescale,
+                    "calib_data": args.calib_data, "rescale_data": args.rescale_data,
+                    "calib_samples": args.calib_samples, "block_len": args.block_len, "epochs": args.epochs,
+                    "rescale_samples": args.rescale_samples, "seed": args.seed, "dtype": args.dtype,
+                    **evaluation,
+                })
+    return grid
+
+
+def label(settings: dict) -> str:
+    if settings["method"] in ("dense", "grasprune"):
+        return settings["method"]
+    return settings["method"] + (" +scales" if settings["rescale_epochs"] else " one-shot")
+
+
+def dense_entry(settings: dict) -> dict:
+    started = time.perf_counter()
+    model, tokenizer = load_model(settings["model"])
+    metrics = {d: perplexity(model, tokenizer, d, settings["seqlen"], settings["windows"]).ppl
+               for d in settings["datasets"]}
+    total = count_parameters(model)
+    return {"params": {"total_before": total, "total_after": total, "removed_pct_of_prunable": 0.0,
+                       "removed_pct_of_total": 0.0},
+            "metrics": metrics, "timing": {"eval_s": round(time.perf_counter() - started, 2)},
+            "eval_dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "checkpoint": None}
+
+
+def pruned_entry(settings: dict, args: argparse.Namespace) -> dict:
+    config = PruneConfig(
+        model=settings["model"], keep_ratio=settings["keep_ratio"], method=settings["method"],
+        calib_data=settings["calib_data"], calib_samples=settings["calib_samples"],
+        block_len=settings["block_len"], epochs=settings["epochs"], rescale_data=settings["rescale_data"],
+        rescale_samples=settings["rescale_samples"], rescale_epochs=settings["rescale_epochs"],
+        seed=settings["seed"], device="cpu", dtype=settings["dtype"], eval_datasets=settings["datasets"],
+        eval_seqlen=settings["seqlen"], eval_windows=settings["windows"],
+    )
+    name = f"{settings['method']}-keep{settings['keep_ratio']}-rescale{settings['rescale_epochs']}"
+    out = (args.runs_dir / "checkpoints" / name).resolve()
+    run = create_run(config, root=args.runs_dir.resolve(), out=out)
+    report = prune_run(run, overwrite=True)
+    eval_dtype = json.loads((out / "config.json").read_text()).get("dtype")
+    if args.keep_checkpoints == "none" or (args.keep_checkpoints == "grasprune" and config.method != "grasprune"):
+        shutil.rmtree(out)
+        out = None
+    return {"params": report["params"], "metrics": {d: m["ppl"] for d, m in (
+                (k.removeprefix("ppl_"), v) for k, v in report["metrics"].items())},
+            "timing": report["timing"], "train_dtype": report["calibration"]["dtype"], "eval_dtype": eval_dtype,
+            "run": str(run.folder), "checkpoint": str(out) if out else None}
+
+
+def load_results(path: Path) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"entries": []}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    json_path = args.out / "quality.json"
+    results = load_results(json_path)
+    done = [entry["settings"] for entry in results["entries"]]
+    for settings in planned(args):
+        if settings in done:
+            continue
+        print(f"[bench.quality] {label(settings)} keep={settings.get('keep_ratio', 1.0)}", flush=True)
+        started = time.perf_counter()
+        entry = dense_entry(settings) if settings["method"] == "dense" else pruned_entry(settings, args)
+        conditions = setting(settings["model"], entry["eval_dtype"], train_dtype=entry.get("train_dtype"))
+        results["entries"].append({"settings": settings, "label": label(settings), **entry,
+                                   "wall_s": round(time.perf_counter() - started, 2), "setting": conditions})
+        write_json_atomic(json_path, results)
+        write_reports(results["entries"], args.out)
+        print(f"[bench.quality]   {entry['metrics']} ({describe(conditions)})", flush=True)
+    if results["entries"]:
+        write_reports(results["entries"], args.out)
+    return 0
+
+
+def write_reports(entries: list[dict], out: Path) -> None:
+    write_text_atomic(out / "quality.md", markdown(entries))
+    plot(entries, out / "quality.png")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    raise SystemExit(main())

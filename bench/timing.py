@@ -1,0 +1,142 @@
+"""Timed work shared by bench.speed (CPU) and bench.gpu: the gate-training step against a plain
+forward+backward, greedy decoding with a KV cache, and what a model reads per token."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from grasprune.adapters import ModelAdapter
+from grasprune.gates import Gates
+from grasprune.train import block_loss, gate_probs, ste_factors
+from grasprune.units import UnitLayout
+
+
+def sync_for(device: torch.device | str) -> Callable[[], None]:
+    return torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+
+def gate_training_step(model, adapter: ModelAdapter, layout: UnitLayout, budget: int, tau: float = 1.5,
+                       lr: float = 1e-2) -> tuple[Callable[[torch.Tensor], None], Gates]:
+    """One step of ``train.train_gates`` without its event and checkpoint I/O: projection, STE factors,
+    gated forward, backward to the gate scores, AdamW step."""
+    device = next(model.parameters()).device
+    gates = Gates(adapter, layout)
+    scores = torch.nn.Parameter(torch.zeros(layout.num_units, device=device))
+    optimizer = torch.optim.AdamW([scores], lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+    def step(block: torch.Tensor) -> None:
+        factors, mask = ste_factors(scores, layout, budget, tau)
+        gates.set(factors)
+        loss = block_loss(model, block)
+        layout.kept_counts(mask)
+        gate_probs(scores.detach(), tau).mean().item()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        gates.set(None)
+
+    return step, gates
+
+
+def plain_step(model) -> Callable[[torch.Tensor], None]:
+    """A forward+backward of the frozen model whose gradient flows through every layer, down to the
+    input embeddings (which require grad in place of gates)."""
+    embed = model.get_input_embeddings()
+    device = next(model.parameters()).device
+
+    def step(block: torch.Tensor) -> None:
+        ids = block.unsqueeze(0).to(device)
+        embeds = embed(ids).detach().requires_grad_(True)
+        loss = model(inputs_embeds=embeds, labels=ids, use_cache=False).loss
+        loss.backward()
+        loss.item()
+
+    return step
+
+
+def interleaved_times(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
+                      sync: Callable[[], None]) -> dict[str, list[float]]:
+    """Seconds of each step, measured alternately (the order flips every round) after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for run in steps.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(repeats):
+        for name in list(steps)[:: 1 if round_ % 2 == 0 else -1]:
+            sync()
+            started = time.perf_counter()
+            steps[name]()
+            sync()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def overhead_summary(times: dict[str, list[float]]) -> dict:
+    gate, plain = statistics.median(times["gate_step"]), statistics.median(times["plain_step"])
+    return {"gate_step_median_s": round(gate, 5), "plain_step_median_s": round(plain, 5),
+            "ratio": round(gate / plain, 4), "repeats": len(times["gate_step"]),
+            "gate_step_s": [round(t, 5) for t in times["gate_step"]],
+            "plain_step_s": [round(t, 5) for t in times["plain_step"]]}
+
+
+def params_read_per_token(model) -> int:
+    """Parameters a decode step reads: all but the input embedding (a lookup), the lm_head included
+    (even when it shares the embedding's matrix)."""
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    others = sum(p.numel() for p in model.parameters() if p is not embed and p is not head)
+    return others + head.numel()
+
+
+def kv_bytes_per_token(model) -> int:
+    """Keys and values cached per token: per layer KV heads × head_dim × 2 × bytes per element."""
+    adapter = ModelAdapter(model)
+    size = next(model.parameters()).element_size()
+    return sum(s.kv_groups * adapter.head_dim * 2 * size for s in adapter.shapes())
+
+
+@torch.no_grad()
+def decode_speed(model, prompts: torch.Tensor, new_tokens: int) -> dict:
+    """Prefill and greedy decode (one token at a time, DynamicCache) over each prompt row of
+    ``prompts`` (P, L); the first prompt also runs once untimed as a warm-up."""
+    device = next(model.parameters()).device
+    sync = sync_for(device)
+    prefill = decode = 0.0
+    cache_bytes = None
+    for i, prompt in enumerate(torch.cat([prompts[:1], prompts])):
+        ids = prompt.unsqueeze(0).to(device)
+        sync()
+        started = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        sync()
+        middle = time.perf_counter()
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for _ in range(new_tokens):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        sync()
+        if i > 0:
+            prefill += middle - started
+            decode += time.perf_counter() - middle
+        cache_bytes = sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel()
+                          * layer.values.element_size() for layer in cache.layers) / cache.get_seq_length()
+    count = prompts.shape[0]
+    return {"prefill_tokens_per_s": round(count * prompts.shape[1] / prefill, 2),
+            "decode_tokens_per_s": round(count * new_tokens / decode, 2),
+            "kv_cache_bytes_per_token_measured": cache_bytes, "prompts": count,
+            "prompt_len": prompts.shape[1], "new_tokens": new_tokens}
+
+
+def peak_rss_bytes() -> dict:
+    """This process's resident set now and at its peak (Linux ``VmRSS`` / ``VmHWM``)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return {"rss_bytes": fields.get("VmRSS"), "peak_rss_bytes": fields.get("VmHWM")}

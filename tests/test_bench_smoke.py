@@ -1,0 +1,95 @@
+"""Every benchmark runs end to end on a tiny model, so none of them rots (the real runs are not tests)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import gpu, quality, speed
+
+
+def quality_args(model_dir, tmp, *extra):
+    return ["--model", str(model_dir), "--keep-ratios", "0.6", "--calib-samples", "2", "--block-len", "16",
+            "--epochs", "1", "--rescale-samples", "2", "--datasets", "wikitext2", "--seqlen", "32",
+            "--limit-windows", "2", "--runs-dir", str(tmp / "runs"), "--out", str(tmp / "results"), *extra]
+
+
+@pytest.fixture(scope="module")
+def quality_run(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench-quality")
+    assert quality.main(quality_args(tiny_model_dir, tmp, "--methods", "grasprune,magnitude")) == 0
+    return tmp
+
+
+def test_quality_bench_writes_every_entry_with_its_numbers(quality_run):
+    data = json.loads((quality_run / "results" / "quality.json").read_text())
+    entries = {e["label"]: e for e in data["entries"]}
+    assert list(entries) == ["dense", "grasprune", "magnitude one-shot", "magnitude +scales"]
+    for entry in entries.values():
+        assert math.isfinite(entry["metrics"]["wikitext2"]) and entry["metrics"]["wikitext2"] > 1
+        assert entry["setting"]["threads"] >= 1 and entry["eval_dtype"]
+    for label in ("grasprune", "magnitude one-shot", "magnitude +scales"):
+        assert 40.0 <= entries[label]["params"]["removed_pct_of_prunable"] < 60.0
+    assert entries["magnitude one-shot"]["timing"]["rescale_s"] == 0.0
+    assert entries["magnitude +scales"]["timing"]["rescale_s"] > 0.0
+    assert os.path.isdir(entries["grasprune"]["checkpoint"]) and entries["magnitude +scales"]["checkpoint"] is None
+    table = (quality_run / "results" / "quality.md").read_text()
+    assert "| grasprune | 0.60 |" in table and "seqlen 32, first 2 windows" in table
+    assert "keep 0.60, wikitext2: GRASPrune" in table
+    assert (quality_run / "results" / "quality.png").stat().st_size > 10_000
+
+
+def test_quality_bench_skips_entries_it_already_has(quality_run, tiny_model_dir):
+    path = quality_run / "results" / "quality.json"
+    before = json.loads(path.read_text())["entries"]
+    quality.main(quality_args(tiny_model_dir, quality_run, "--methods", "grasprune,magnitude,random",
+                              "--rescale", "off"))
+    after = json.loads(path.read_text())["entries"]
+    assert after[: len(before)] == before
+    assert [e["label"] for e in after[len(before):]] == ["random one-shot"]
+
+
+def test_speed_bench_measures_overhead_stages_and_inference(quality_run, tiny_model_dir, tmp_path):
+    checkpoint = json.loads((quality_run / "results" / "quality.json").read_text())["entries"][1]["checkpoint"]
+    assert speed.main(["--model", str(tiny_model_dir), "--checkpoints", checkpoint,
+                       "--quality", str(quality_run / "results" / "quality.json"), "--repeats", "2", "--warmup", "1",
+                       "--block-len", "16", "--prompts", "1", "--prompt-len", "16", "--new-tokens", "4",
+                       "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "speed.json").read_text())
+    overhead = data["overhead"]
+    assert overhead["ratio"] == pytest.approx(overhead["gate_step_median_s"] / overhead["plain_step_median_s"],
+                                              rel=1e-2)
+    assert {s["label"] for s in data["stages"]} == {"grasprune", "magnitude one-shot", "magnitude +scales",
+                                                   "random one-shot"}
+    dense, pruned = data["inference"]
+    assert dense["method"] == "dense" and pruned["keep_ratio"] == 0.6
+    for row in (dense, pruned):
+        assert row["decode_tokens_per_s"] > 0 and row["prefill_tokens_per_s"] > 0 and row["peak_rss_bytes"] > 0
+        assert row["kv_cache_bytes_per_token"] == row["kv_cache_bytes_per_token_measured"]
+    assert pruned["params_read_per_token"] < dense["params_read_per_token"]
+    assert pruned["ideal_speedup"] == pytest.approx(dense["params_read_per_token"] / pruned["params_read_per_token"],
+                                                    rel=1e-3)
+    assert "Ratio **" in (tmp_path / "speed.md").read_text()
+
+
+def test_gpu_script_runs_its_cpu_fallback_on_a_tiny_shape(tmp_path):
+    done = subprocess.run(["bash", "bench/gpu.sh", "--tiny", "--device", "cpu", "--repeats", "2", "--warmup", "1",
+                           "--block-len", "32", "--prompts", "1", "--prompt-len", "16", "--new-tokens", "4"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    assert data["shape"] == gpu.TINY and data["setting"]["device"] == "cpu"
+    training = data["gate_training"]
+    assert training["projected_paper_s"] == pytest.approx(training["gate_step_median_s"] * 2048, rel=1e-3)
+    decode = data["decode"]
+    assert decode["kept_params"] <= decode["prunable_params"] // 2
+    assert decode["pruned"]["kv_cache_bytes_per_token"] < decode["dense"]["kv_cache_bytes_per_token"]
+    assert decode["gated_vs_sliced_max_abs_logit_diff"] < 0.05
