@@ -20,12 +20,10 @@ import numpy as np
 import pytest
 import torch
 
+from grasprune.cli_zeroshot import register, run
 from grasprune.data import data_root
 from grasprune.zeroshot import averages, evaluate_zeroshot, loglikelihoods, score_items
-from grasprune.zeroshot_tasks import TASKS, Item, load_task
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from grasprune.zeroshot_tasks import HF_SOURCES, TASKS, Item, load_task
 
 lm_eval = pytest.importorskip("lm_eval")
 ZS = data_root() / "zeroshot"
@@ -46,11 +44,22 @@ HELLASWAG_HF = [
     ("Clean and jerk", "A lady walks to a barbell. She bends down and grabs the pole.", "the lady"),
     (
         "Canoeing",
-        "Two women in a child are shown in a canoe while a man pulls the canoe while standing in the water, "
-        "with other individuals visible in the background.",
+        (
+            "Two women in a child are shown in a canoe while a man pulls the canoe while standing in the water, "
+            "with other individuals visible in the background."
+        ),
         "the child and a different man",
     ),
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def offline():
+    """lm-eval and datasets must never reach for the network here."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("HF_DATASETS_OFFLINE", "1")
+        yield
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -94,12 +103,23 @@ def _hf_docs(task: str) -> list[dict]:
             prefix = common[: common.rfind(" ") + 1]
             sentence = f"{prefix}_ {r['continuation']}"
             docs.append(
-                {"sentence": sentence, "option1": a[len(prefix) :], "option2": b[len(prefix) :], "answer": str(r["gold"] + 1)}
+                {
+                    "sentence": sentence,
+                    "option1": a[len(prefix) :],
+                    "option2": b[len(prefix) :],
+                    "answer": str(r["gold"] + 1),
+                }
             )
         return docs
     lines = (ZS / "hellaswag/hellaswag_val_full.txt").read_text().splitlines()
     return [
-        {"activity_label": label, "ctx_a": ctx_a, "ctx_b": ctx_b, "label": lines[6 * i + 1], "endings": lines[6 * i + 2 : 6 * i + 6]}
+        {
+            "activity_label": label,
+            "ctx_a": ctx_a,
+            "ctx_b": ctx_b,
+            "label": lines[6 * i + 1],
+            "endings": lines[6 * i + 2 : 6 * i + 6],
+        }
         for i, (label, ctx_a, ctx_b) in enumerate(HELLASWAG_HF)
     ]
 
@@ -143,8 +163,10 @@ def _lm_eval_items(task) -> list[tuple[list[tuple[str, str]], int]]:
 @pytest.mark.parametrize("task", TASKS)
 def test_prompts_choices_and_gold_equal_lm_evals_own_task(task, lm_eval_tasks):
     ours = load_task(task, limit=len(HELLASWAG_HF) if task == "hellaswag" else N_DOCS)
+    from_hub_layout = [HF_SOURCES[task][1](doc) for doc in _hf_docs(task)]  # the --source hf builders
     theirs = _lm_eval_items(lm_eval_tasks[task])
     assert [(list(item.requests), item.gold) for item in ours] == theirs
+    assert [(list(item.requests), item.gold) for item in from_hub_layout] == theirs
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -154,7 +176,10 @@ def test_acc_and_acc_norm_equal_lm_evals_process_results(task, lm_eval_tasks):
     rng = np.random.default_rng(0)
     for _ in range(20):
         lls = [list(-rng.gamma(2.0, 20.0, size=len(item.requests))) for item in items]
-        theirs = [lm_task.process_results(doc, [(ll, False) for ll in doc_lls]) for doc, doc_lls in zip(lm_task.eval_docs, lls)]
+        theirs = [
+            lm_task.process_results(doc, [(ll, False) for ll in doc_lls])
+            for doc, doc_lls in zip(lm_task.eval_docs, lls)
+        ]
         ours = score_items(items, [ll for doc_lls in lls for ll in doc_lls], acc_norm="acc_norm" in theirs[0])
         assert ours["acc"] == pytest.approx(np.mean([r["acc"] for r in theirs]))
         assert ("acc_norm" in ours) == ("acc_norm" in theirs[0])
@@ -167,8 +192,6 @@ def test_hellaswag_hf_builder_equals_lm_eval_preprocessing(lm_eval_tasks):
     """The online path on WikiHow-style text: brackets, titles, double spaces, ctx_b capitalised."""
     import datasets
     from lm_eval.tasks.hellaswag.utils import process_docs
-
-    from grasprune.zeroshot_tasks import HF_SOURCES
 
     doc = {
         "activity_label": "Home and Garden",
@@ -186,11 +209,20 @@ def test_hellaswag_hf_builder_equals_lm_eval_preprocessing(lm_eval_tasks):
 def test_hellaswag_text_file_loses_brackets_like_lm_eval():
     items = load_task("hellaswag")
     assert len(items) == 10042
-    assert not any("[" in text for item in items for request in item.requests for text in request if "]" in text)
+    assert not any(
+        "[" in text for item in items for request in item.requests for text in request if "]" in text
+    )
 
 
 def test_local_task_sizes_match_the_published_splits():
-    sizes = {"piqa": 1838, "winogrande": 1267, "arc_easy": 2376, "arc_challenge": 1172, "boolq": 3270, "openbookqa": 500}
+    sizes = {
+        "piqa": 1838,
+        "winogrande": 1267,
+        "arc_easy": 2376,
+        "arc_challenge": 1172,
+        "boolq": 3270,
+        "openbookqa": 500,
+    }
     assert {task: len(load_task(task)) for task in sizes} == sizes
 
 
@@ -212,23 +244,25 @@ def tiny_llama(tokenizer, pruned: bool = False):
     """A random Llama with sharp predictions (large init) and a 64-token window."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    kwargs = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-    )
+    kwargs = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "initializer_range": 0.2,
+    }
     torch.manual_seed(0)
     if not pruned:
         return LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
     from grasprune.hf_modeling.configuration_grasprune import GraspruneLlamaConfig
     from grasprune.hf_modeling.modeling_grasprune import GraspruneLlamaForCausalLM
 
-    config = GraspruneLlamaConfig(layer_intermediate_sizes=[96, 32], layer_num_key_value_heads=[2, 1], **kwargs)
+    config = GraspruneLlamaConfig(
+        layer_intermediate_sizes=[96, 32], layer_num_key_value_heads=[2, 1], **kwargs
+    )
     model = GraspruneLlamaForCausalLM(config)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.2)
@@ -301,6 +335,125 @@ def test_evaluate_zeroshot_reports_every_task_and_both_averages(tokenizer):
     tasks = result["tasks"]
     assert set(tasks) == set(TASKS)
     assert all(m["n"] == 2 and m["acc"] in (0.0, 0.5, 1.0) for m in tasks.values())
-    assert {t for t, m in tasks.items() if "acc_norm" in m} == {"piqa", "hellaswag", "arc_easy", "arc_challenge", "openbookqa"}
-    assert result["avg5"] == pytest.approx(np.mean([tasks[t].get("acc_norm", tasks[t]["acc"]) for t in TASKS[:5]]))
-    assert result["avg7"] == pytest.approx(np.mean([tasks[t].get("acc_norm", tasks[t]["acc"]) for t in TASKS]))
+    assert {t for t, m in tasks.items() if "acc_norm" in m} == {
+        "piqa",
+        "hellaswag",
+        "arc_easy",
+        "arc_challenge",
+        "openbookqa",
+    }
+    assert result["avg5"] == pytest.approx(
+        np.mean([tasks[t].get("acc_norm", tasks[t]["acc"]) for t in TASKS[:5]])
+    )
+    assert result["avg7"] == pytest.approx(
+        np.mean([tasks[t].get("acc_norm", tasks[t]["acc"]) for t in TASKS])
+    )
+
+
+# ---------------------------------------------------------------- CLI and benchmark
+
+
+def zeroshot_args(*argv: str):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="grasprune")
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["zeroshot", *argv])
+
+
+@pytest.fixture
+def fake_models(tokenizer, monkeypatch):
+    """``load_model`` returning the tiny model, recording the specs it was asked for."""
+    import grasprune.models
+
+    asked = []
+
+    def load_model(spec, dtype=None, device="cpu", **_):
+        asked.append(spec)
+        return tiny_llama(tokenizer), tokenizer
+
+    monkeypatch.setattr(grasprune.models, "load_model", load_model)
+    return asked
+
+
+def test_cli_json_prints_exactly_one_object(fake_models, capsys):
+    args = zeroshot_args("--model", "smollm2-135m", "--tasks", "boolq,piqa", "--limit", "2", "--json")
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out)
+    assert out.count("\n") == 1 and fake_models == ["smollm2-135m"]
+    assert list(result["tasks"]) == ["boolq", "piqa"]
+    assert set(result["tasks"]["piqa"]) == {"acc", "acc_norm", "n"} and set(result["tasks"]["boolq"]) == {
+        "acc",
+        "n",
+    }
+    assert result["avg5"] is None and result["avg7"] is None
+
+
+def test_cli_table_lists_tasks_items_and_averages(fake_models, capsys):
+    args = zeroshot_args("--model", "m", "--tasks", "winogrande", "--limit", "1")
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "winogrande" in out and "avg5 (first five, acc_norm where it exists): -" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tasks", "piqa,mmlu"], "unknown zero-shot task 'mmlu'"),
+        (["--tasks", " , "], "no task given"),
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_cli_bad_input_is_a_user_error(fake_models, argv, message):
+    from grasprune.errors import UserError
+
+    args = zeroshot_args("--model", "m", *argv)
+    with pytest.raises(UserError, match=message):
+        run(args)
+    assert fake_models == []
+
+
+def test_grasprune_main_prints_one_line_and_exits_2(fake_models, capsys):
+    from grasprune.cli import main
+
+    assert main(["zeroshot", "--model", "m", "--tasks", "hellaswag,piqa2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown zero-shot task 'piqa2'") and err.count("\n") == 1
+
+
+def test_cli_malformed_task_file_fails_before_loading_the_model(fake_models, tmp_path, monkeypatch):
+    from grasprune.errors import UserError
+
+    bad = tmp_path / "zeroshot" / "boolq" / "boolq.jsonl"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"query": "Passage: p\\nQuestion: q?", "choices": ["no", "yes"], "gold": 5}\n')
+    monkeypatch.setenv("GRASPRUNE_DATA", str(tmp_path))
+    args = zeroshot_args("--model", "m", "--tasks", "boolq")
+    with pytest.raises(UserError, match=f"^{bad}, line 1: label 5 out of range"):
+        run(args)
+    assert fake_models == []
+
+
+def test_bench_writes_json_and_markdown_for_dense_and_pruned(tokenizer, monkeypatch, tmp_path):
+    from bench import zeroshot as bench
+
+    monkeypatch.setattr(bench, "load_model", lambda spec, **_: (tiny_llama(tokenizer), tokenizer))
+    assert bench.main(["--pruned", "runs/keep70", "--limit", "1", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "zeroshot.json").read_text())
+    assert list(payload["results"]) == ["dense", "runs/keep70"] and payload["limit"] == 1
+    assert all(set(r["tasks"]) == set(TASKS) and r["avg7"] is not None for r in payload["results"].values())
+    table = (tmp_path / "zeroshot.md").read_text()
+    assert "| runs/keep70 |" in table and "| items | 1 | 1 | 1 | 1 | 1 | 1 | 1 | | |" in table
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_loglikelihoods_equal_lm_eval_hflm():
+    from grasprune.models import load_model
+
+    model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)
+    pairs = [request for task in TASKS for item in load_task(task, limit=2) for request in item.requests]
+    ours = np.array(loglikelihoods(model, tokenizer, pairs, batch_size=8))
+    theirs = np.array(hflm_loglikelihoods(model, tokenizer, pairs, batch_size=8))
+    assert np.abs(ours - theirs).max() <= 1e-3
