@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 
 from .config import PruneConfig
 
-# (config field, flag): the settings a user picks, always written; the rest only when not default.
-ALWAYS = (("model", "--model"), ("keep_ratio", "--keep-ratio"), ("calib_data", "--calib-data"),
-          ("calib_samples", "--calib-samples"), ("block_len", "--block-len"), ("epochs", "--epochs"),
-          ("rescale_samples", "--rescale-samples"), ("seed", "--seed"), ("device", "--device"))
-OPTIONAL = (("rescale_data", "--rescale-data"), ("rescale_epochs", "--rescale-epochs"), ("lr", "--lr"),
-            ("tau", "--tau"), ("dtype", "--dtype"), ("checkpoint_every", "--checkpoint-every"),
-            ("eval_seqlen", "--eval-seqlen"), ("eval_windows", "--eval-windows"))
+# The settings a user picks on the Prune page are always written; any other only when not default.
+ALWAYS = ("model", "keep_ratio", "calib_data", "calib_samples", "block_len", "epochs", "rescale_samples", "seed",
+          "device")
+FLAGS = {"eval_datasets": "--eval"}  # config fields whose flag is not the field name
+
+
+def _flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _value(name: str, value) -> str:
+    if name == "eval_datasets":
+        return ",".join(value) or "none"
+    return str(value)
 
 
 def prune_command(config: PruneConfig, out: Path | None = None) -> str:
     """``grasprune prune ...`` that produces the same run (same resolved config, same checkpoint)."""
     default = PruneConfig()
     args = ["grasprune", "prune"]
-    for name, flag in ALWAYS:
-        value = getattr(config, name)
-        if value is not None:
-            args += [flag, str(value)]
-    for name, flag in OPTIONAL:
-        value = getattr(config, name)
-        if value is not None and value != getattr(default, name):
-            args += [flag, str(value)]
-    if config.eval_datasets != default.eval_datasets:
-        args += ["--eval", ",".join(config.eval_datasets) or "none"]
-    if config.trust_remote_code:
-        args.append("--trust-remote-code")
-    if config.allow_pickle:
-        args.append("--allow-pickle")
+    for field in dataclasses.fields(PruneConfig):
+        name, value = field.name, getattr(config, field.name)
+        if value is None or (name not in ALWAYS and value == getattr(default, name)):
+            continue
+        if isinstance(value, bool):
+            if value:
+                args.append(_flag(name))
+            continue
+        args += [_flag(name), _value(name, value)]
     if out is not None:
         args += ["--out", str(out)]
     return shlex.join(args)

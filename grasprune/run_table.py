@@ -24,6 +24,7 @@ def run_row(run: Run, job_state: str | None = None) -> dict:
         "run": run.id,
         "status": status,
         "model": config.model,
+        "method": config.method,
         "keep ratio": config.keep_ratio,
         "removed % of all": params.get("removed_pct_of_total"),
         "params after": params.get("total_after"),

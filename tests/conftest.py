@@ -15,15 +15,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=3,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    head_dim=16,
-    max_position_embeddings=512,
-)
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 16,
+    "max_position_embeddings": 512,
+}
 
 
 def tiny_model(family: str = "llama", vocab_size: int = 256, seed: int = 0):
@@ -52,10 +52,12 @@ def tiny_model(family: str = "llama", vocab_size: int = 256, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
-    from grasprune.models import load_model  # noqa: F401  (ensures the package imports)
     from transformers import AutoTokenizer
 
-    from grasprune.models import embedded_gguf_path
+    from grasprune.models import (
+        embedded_gguf_path,
+        load_model,  # noqa: F401  (ensures the package imports)
+    )
 
     gguf = embedded_gguf_path()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -73,7 +75,7 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
     """Run ``python -m grasprune`` in a fresh process."""
-    return subprocess.run(
+    return subprocess.run(  # noqa: PLW1510 - callers assert on the return code
         [sys.executable, "-m", "grasprune", *args],
         capture_output=True,
         text=True,

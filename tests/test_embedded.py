@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
 from grasprune.adapters import ModelAdapter
@@ -11,8 +12,6 @@ from grasprune.export import load_pruned
 from grasprune.gates import Gates
 from grasprune.models import load_model
 from grasprune.units import layout_of
-
-from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 

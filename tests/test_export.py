@@ -7,13 +7,12 @@ import textwrap
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from grasprune.adapters import ModelAdapter
 from grasprune.export import load_pruned, save_pruned
 from grasprune.gates import Gates
 from grasprune.units import layout_of, project
-
-from conftest import tiny_model
 
 FAMILIES = ["llama", "llama-bias", "mistral", "qwen2", "qwen3"]
 
@@ -74,7 +73,7 @@ def test_export_refuses_an_existing_folder_and_leaves_it_untouched(tmp_path):
 
 
 def test_a_failed_export_leaves_no_folder(tmp_path, monkeypatch):
-    import grasprune.export as export
+    from grasprune import export
 
     model, adapter, layout, mask, gamma = prune_randomly("llama")
 
@@ -125,8 +124,10 @@ def test_checkpoint_loads_with_stock_transformers_in_a_fresh_process(family, tmp
     report = report_for(layout, mask, model)
     out = save_pruned(tmp_path / "ckpt", adapter, layout, mask, gamma, smol_tokenizer, report)
     logits_file = tmp_path / "logits.safetensors"
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out), json.dumps(ids.tolist()), str(logits_file)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(  # noqa: PLW1510
+        [sys.executable, "-c", FRESH_PROCESS, str(out), json.dumps(ids.tolist()), str(logits_file)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, result.stdout[-2000:] + result.stderr[-2000:]

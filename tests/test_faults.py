@@ -8,17 +8,16 @@ import sys
 import time
 
 import pytest
+from conftest import REPO
 
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
 from grasprune.runs import create_run, open_run
 
-from conftest import REPO
-
 
 def tiny_config(model_dir, **overrides) -> PruneConfig:
-    settings = dict(model=str(model_dir), keep_ratio=0.6, calib_samples=4, block_len=32, epochs=4,
-                    rescale_samples=4, checkpoint_every=2, eval_datasets=[], device="cpu")
+    settings = {"model": str(model_dir), "keep_ratio": 0.6, "calib_samples": 4, "block_len": 32, "epochs": 4,
+                    "rescale_samples": 4, "checkpoint_every": 2, "eval_datasets": [], "device": "cpu"}
     return PruneConfig(**{**settings, **overrides})
 
 

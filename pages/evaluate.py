@@ -1,0 +1,141 @@
+"""Evaluate: dense vs pruned perplexity (WikiText-2, PTB), zero-shot accuracy and generation side by side."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from grasprune import evaluations
+from grasprune.config import resolve_device
+from grasprune.errors import UserError
+from grasprune.evaluate import EVAL_DATASETS, perplexity
+from grasprune.generation import generate_text
+from grasprune.runs import Run
+from grasprune.zeroshot_tasks import TASKS
+from studio import charts
+from studio.common import PAGES, completed_runs, pick_run, shown_errors
+
+ROLES = ("dense", "pruned")
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def load(role: str, spec: str, device: str, trust_remote_code: bool, allow_pickle: bool):
+    if role == "pruned":
+        from grasprune.export import load_pruned
+
+        return load_pruned(spec, device=device)
+    from grasprune.models import load_model
+
+    return load_model(spec, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+
+
+def model_of(run: Run, role: str):
+    config = run.config()
+    try:
+        device = resolve_device(config.device)
+    except UserError:
+        device = "cpu"
+    spec = str(run.output_dir()) if role == "pruned" else config.model
+    return load(role, spec, device, config.trust_remote_code, config.allow_pickle)
+
+
+def perplexity_section(run: Run) -> None:
+    st.subheader("Perplexity")
+    c1, c2, c3 = st.columns(3)
+    datasets = c1.multiselect("Datasets", list(EVAL_DATASETS), list(EVAL_DATASETS), key="eval_datasets")
+    seqlen = int(c2.number_input("Sequence length", 16, 32_768, 512, key="eval_seqlen"))
+    windows = int(c3.number_input("Windows", 1, 100_000, 8, key="eval_windows",
+                                  help="windows of the test split scored (all: a large number)"))
+    if st.button("Compute perplexity", key="eval_ppl", type="primary"):
+        bar = st.progress(0.0, text="starting…")
+        for role in ROLES:
+            for dataset in datasets:
+                if evaluations.ppl_key(role, dataset, seqlen, windows) in evaluations.load(run):
+                    continue
+                model, tokenizer = model_of(run, role)
+
+                def progress(done: int, total: int, role=role, dataset=dataset) -> None:
+                    bar.progress(done / total, text=f"{role} · {dataset} · window {done}/{total}")
+
+                result = perplexity(model, tokenizer, dataset, seqlen, windows, progress)
+                evaluations.record(run, evaluations.ppl_key(role, dataset, seqlen, windows), result.to_json())
+        bar.empty()
+    stored = evaluations.load(run)
+    results = {role: [stored.get(evaluations.ppl_key(role, d, seqlen, windows)) for d in datasets] for role in ROLES}
+    if not datasets or not any(r for values in results.values() for r in values):
+        st.caption("No perplexity at these settings yet: press Compute.")
+        return
+    series = {role: [None if r is None else r["ppl"] for r in values] for role, values in results.items()}
+    st.plotly_chart(charts.grouped_bars(datasets, series, f"Perplexity (seqlen {seqlen}, {windows} windows)",
+                                        "perplexity (lower is better)"), width="stretch")
+    rows = [{"model": role, "dataset": r["dataset"], "perplexity": round(r["ppl"], 3), "seqlen": r["seqlen"],
+             "windows": r["windows"], "tokens scored": r["tokens"]}
+            for role, values in results.items() for r in values if r is not None]
+    st.dataframe(rows, hide_index=True)
+
+
+def zeroshot_section(run: Run) -> None:
+    from grasprune.zeroshot import evaluate_zeroshot
+
+    st.subheader("Zero-shot accuracy")
+    c1, c2 = st.columns([3, 1])
+    tasks = c1.multiselect("Tasks", list(TASKS), ["arc_easy", "piqa"], key="eval_zs_tasks")
+    limit = int(c2.number_input("Items per task", 1, 100_000, 20, key="eval_zs_limit"))
+    if st.button("Compute zero-shot accuracy", key="eval_zs"):
+        with st.spinner("Scoring…"):
+            for role in ROLES:
+                todo = [t for t in tasks if evaluations.zeroshot_key(role, t, limit) not in evaluations.load(run)]
+                if todo:
+                    model, tokenizer = model_of(run, role)
+                    result = evaluate_zeroshot(model, tokenizer, todo, limit=limit, batch_size=8, progress=False)
+                    for task, metrics in result["tasks"].items():
+                        evaluations.record(run, evaluations.zeroshot_key(role, task, limit), metrics)
+    stored = evaluations.load(run)
+    series = {role: [_accuracy(stored.get(evaluations.zeroshot_key(role, t, limit))) for t in tasks] for role in ROLES}
+    if not tasks or all(v is None for values in series.values() for v in values):
+        st.caption("No zero-shot results at these settings yet.")
+        return
+    st.plotly_chart(charts.grouped_bars(tasks, series, f"Zero-shot accuracy ({limit} items per task)",
+                                        "accuracy (acc_norm where defined)"), width="stretch")
+
+
+def _accuracy(metrics: dict | None) -> float | None:
+    if metrics is None:
+        return None
+    return metrics.get("acc_norm", metrics.get("acc"))
+
+
+def generation_section(run: Run) -> None:
+    st.subheader("Generation")
+    prompt = st.text_area("Prompt", "The capital of France is", key="eval_prompt")
+    tokens = st.slider("New tokens", 8, 256, 48, key="eval_new_tokens")
+    if st.button("Generate with both", key="eval_generate") and prompt.strip():
+        st.session_state["eval_generated"] = {}
+        for role in ROLES:
+            model, tokenizer = model_of(run, role)
+            st.session_state["eval_generated"][role] = generate_text(model, tokenizer, prompt, tokens)
+    generated = st.session_state.get("eval_generated")
+    if generated:
+        for column, role in zip(st.columns(2), ROLES, strict=True):
+            column.markdown(f"**{role}**")
+            column.text(prompt + generated.get(role, ""))
+
+
+def main() -> None:
+    st.title("Evaluate")
+    run = pick_run("Completed run", completed_runs(), key="evaluate_run")
+    if run is None:
+        st.info("No completed run yet: evaluation compares a run's pruned checkpoint with its dense model.")
+        st.page_link(PAGES["prune"], label="Prune a model")
+        return
+    report = run.report()
+    st.caption(f"Base model {report['base_model']} · keep ratio {report['keep_ratio']:g} · "
+               f"{report['params']['total_before']:,} → {report['params']['total_after']:,} parameters")
+    with shown_errors():
+        perplexity_section(run)
+    with shown_errors():
+        zeroshot_section(run)
+    with shown_errors():
+        generation_section(run)
+
+
+main()

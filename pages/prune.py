@@ -1,0 +1,131 @@
+"""Prune: choose a model and a budget, start a background job, watch it live."""
+
+from __future__ import annotations
+
+import streamlit as st
+import torch
+
+from grasprune.budget_preview import BudgetPreview, preview
+from grasprune.cli_command import prune_command
+from grasprune.config import DEFAULT_CALIB, DEFAULT_RESCALE, PruneConfig
+from grasprune.data import read_source
+from grasprune.errors import UserError
+from grasprune.evaluate import EVAL_DATASETS
+from grasprune.models import EMBEDDED_ALIAS
+from grasprune.runs import create_run
+from studio.common import attach, attached_run_id, jobs, root, shown_errors
+from studio.defaults import QUICK
+from studio.live import live_view
+
+CALIB_CHOICES = {DEFAULT_CALIB: "WikiText-2 (first half)", "c4": "C4 sample", "ptb": "PTB",
+                 "custom": "A file or dataset id…"}
+
+
+@st.cache_data(show_spinner="Reading the model's config…", max_entries=16)
+def cached_preview(spec: str) -> tuple[BudgetPreview | None, str | None]:
+    try:
+        return preview(spec), None
+    except UserError as err:
+        return None, str(err)
+
+
+def devices() -> list[str]:
+    return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+
+
+def budget_panel(spec: str, keep_ratio: float) -> BudgetPreview | None:
+    found, error = cached_preview(spec)
+    if error:
+        st.error(error)
+        return None
+    try:
+        found.check(keep_ratio)
+    except UserError as err:
+        st.error(str(err))
+        return found
+    s = found.summary(keep_ratio)
+    cols = st.columns(3)
+    cols[0].metric("Removed of prunable", f"{s['removed_pct_of_prunable']:.1f}%")
+    cols[1].metric("Removed of all parameters", f"{s['removed_pct_of_total']:.1f}%")
+    cols[2].metric("Parameters after (at most)", f"{s['total_after'] / 1e6:,.2f} M",
+                   delta=f"-{s['removed_params'] / 1e6:,.2f} M", delta_color="off")
+    st.caption(f"{found.total_params:,} parameters, {found.prunable_params:,} prunable (FFN channels and KV groups "
+               f"of {found.num_layers} layers); the smallest keep ratio this model allows is "
+               f"{found.minimum_keep_ratio:.4f}.")
+    return found
+
+
+def config_form() -> PruneConfig:
+    left, right = st.columns([3, 2])
+    with left:
+        model = st.text_input("Model", value=EMBEDDED_ALIAS, key="prune_model",
+                              help=f"`{EMBEDDED_ALIAS}` (embedded, offline), a hub id (owner/name), a local model "
+                                   "folder or a .gguf file").strip()
+        keep_ratio = st.slider("Keep ratio (fraction of prunable parameters kept)", 0.01, 1.0,
+                               QUICK["keep_ratio"], 0.01, key="prune_keep_ratio")
+        budget_panel(model, keep_ratio)
+    with right:
+        choice = st.selectbox("Calibration data", list(CALIB_CHOICES), format_func=CALIB_CHOICES.get,
+                              key="prune_calib_choice")
+        calib = (st.text_input("Calibration file or dataset id", key="prune_calib_custom",
+                               placeholder="/path/to/text.txt, data.jsonl, owner/name").strip()
+                 if choice == "custom" else choice)
+        c1, c2 = st.columns(2)
+        samples = c1.number_input("Samples", 1, 100_000, QUICK["calib_samples"], key="prune_samples")
+        block_len = c2.number_input("Block length (tokens)", 2, 32_768, QUICK["block_len"], key="prune_block_len")
+        epochs = c1.number_input("Epochs", 1, 100, QUICK["epochs"], key="prune_epochs")
+        seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key="prune_seed")
+        device = c1.selectbox("Device", devices(), key="prune_device")
+        rescale_samples = c2.number_input("Scale-calibration samples", 1, 100_000, QUICK["rescale_samples"],
+                                          key="prune_rescale_samples")
+    with st.expander("Evaluation and advanced settings"):
+        a1, a2, a3 = st.columns(3)
+        eval_datasets = a1.multiselect("Perplexity after export", list(EVAL_DATASETS), ["wikitext2"],
+                                       key="prune_eval")
+        eval_seqlen = a2.number_input("Eval seqlen", 2, 32_768, QUICK["eval_seqlen"], key="prune_eval_seqlen")
+        eval_windows = a3.number_input("Eval windows", 1, 100_000, QUICK["eval_windows"], key="prune_eval_windows")
+        rescale_data = a1.text_input("Scale-calibration data", DEFAULT_RESCALE, key="prune_rescale_data").strip()
+        checkpoint_every = a2.number_input("Checkpoint every (steps)", 1, 100_000, QUICK["checkpoint_every"],
+                                           key="prune_checkpoint_every")
+        dtype = a3.selectbox("Backbone precision", ["auto", "bf16", "fp32"], key="prune_dtype")
+    return PruneConfig(model=model, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
+                       block_len=int(block_len), epochs=int(epochs), rescale_data=rescale_data,
+                       rescale_samples=int(rescale_samples), seed=int(seed), device=device, dtype=dtype,
+                       checkpoint_every=int(checkpoint_every), eval_datasets=list(eval_datasets),
+                       eval_seqlen=int(eval_seqlen), eval_windows=int(eval_windows))
+
+
+def check(config: PruneConfig) -> None:
+    """Everything the job would refuse, refused here with the same one-line message."""
+    config.resolved()
+    found, error = cached_preview(config.model)
+    if error:
+        raise UserError(error)
+    found.check(config.keep_ratio)
+    read_source(config.calib_data, "calibration")
+    read_source(config.rescale_data, "calibration")
+
+
+def start(config: PruneConfig) -> None:
+    check(config)
+    run = create_run(config, root())
+    jobs().submit(run, root())
+    attach(run.id)
+    st.rerun()
+
+
+def main() -> None:
+    st.title("Prune")
+    run_id = attached_run_id()
+    with st.expander("New run", expanded=run_id is None):
+        config = config_form()
+        st.caption("Equivalent command:")
+        st.code(prune_command(config), language="bash")
+        if st.button("Start pruning", type="primary", key="prune_start"):
+            with shown_errors():
+                start(config)
+    if run_id is not None:
+        live_view(run_id)
+
+
+main()

@@ -1,0 +1,96 @@
+"""Runs: every run folder with status, model, budget, perplexities and times; open, resume, stop,
+delete, compare two."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from grasprune.run_table import config_differences, run_row
+from grasprune.runs import Run, delete_run, list_runs
+from grasprune.timeline import timeline_of
+from studio import charts
+from studio.common import PAGES, age, describe, duration, jobs, root, shown_errors
+from studio.live import RESUMABLE, is_active
+
+
+def table(runs: list[Run]) -> None:
+    job_states = {run_id: job["state"] for run_id, job in jobs().state()["jobs"].items()}
+    rows = [run_row(run, job_states.get(run.id)) for run in runs]
+    for row in rows:
+        row["started"] = age(row.get("started"))
+        row["seconds"] = duration(row.get("seconds")) if row.get("seconds") is not None else "–"
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={"seconds": "duration", "keep ratio": st.column_config.NumberColumn(format="%.2f"),
+                                "params after": st.column_config.NumberColumn(format="localized"),
+                                "ppl wikitext2": st.column_config.NumberColumn(format="%.3f"),
+                                "ppl ptb": st.column_config.NumberColumn(format="%.3f")})
+
+
+def actions(runs: list[Run]) -> None:
+    by_id = {run.id: run for run in runs}
+    current = st.query_params.get("run")
+    ids = list(by_id)
+    run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0, key="runs_selected",
+                          format_func=lambda i: describe(by_id[i]))
+    run = by_id[run_id]
+    state = run.status().get("status")
+    active = is_active(run)
+    cols = st.columns(4)
+    if cols[0].button("Open", key="runs_open"):
+        st.switch_page(PAGES["prune"], query_params={"run": run.id})
+    if cols[1].button("Resume", key="runs_resume", disabled=active or state not in RESUMABLE):
+        with shown_errors():
+            jobs().submit(run, root())
+            st.switch_page(PAGES["prune"], query_params={"run": run.id})
+    if cols[2].button("Stop", key="runs_stop", disabled=not active) and jobs().stop(run.id):
+        st.toast(f"Stopping {run.id} after the current step…")
+    confirm = cols[3].checkbox("Confirm delete", key="runs_confirm_delete")
+    if cols[3].button("Delete", key="runs_delete", disabled=not confirm or active):
+        with shown_errors():
+            delete_run(run, root())
+            if st.query_params.get("run") == run.id:
+                del st.query_params["run"]
+            st.session_state.pop("runs_confirm_delete", None)
+            st.rerun()
+    if active:
+        st.caption("A queued or running run cannot be deleted: stop it first.")
+
+
+def compare(runs: list[Run]) -> None:
+    st.subheader("Compare two runs")
+    by_id = {run.id: run for run in runs}
+    ids = list(by_id)
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("First run", ids, index=0, key="runs_compare_a", format_func=lambda i: describe(by_id[i]))
+    b = c2.selectbox("Second run", ids, index=min(1, len(ids) - 1), key="runs_compare_b",
+                     format_func=lambda i: describe(by_id[i]))
+    if a == b:
+        st.info("Choose two different runs.")
+        return
+    ra, rb = by_id[a], by_id[b]
+    rows = [{"": k, a: v1, b: v2} for k, v1, v2 in
+            [(k, v, run_row(rb).get(k)) for k, v in run_row(ra).items() if k != "run"]]
+    rows += [{"": f"setting: {k}", a: str(v1), b: str(v2)} for k, v1, v2 in config_differences(ra, rb)]
+    st.dataframe([{k: (v if isinstance(v, str) or v is None else str(v)) for k, v in row.items()} for row in rows],
+                 hide_index=True, width="stretch")
+    reports = {run.id: run.report() for run in (ra, rb)}
+    if all(reports.values()):
+        st.plotly_chart(charts.compare_layers_figure({k: r["layers"] for k, r in reports.items()}), width="stretch")
+    curves = {run.id: timeline_of(run.events()).loss.get("gate_training", []) for run in (ra, rb)}
+    if all(curves.values()):
+        st.plotly_chart(charts.loss_compare_figure(curves), width="stretch")
+
+def main() -> None:
+    st.title("Runs")
+    runs = list_runs(root())
+    if not runs:
+        st.info("No runs yet: start one on the Prune page.")
+        st.page_link(PAGES["prune"], label="Prune a model")
+        return
+    table(runs)
+    actions(runs)
+    if len(runs) >= 2:
+        compare(runs)
+
+
+main()

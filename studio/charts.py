@@ -1,0 +1,127 @@
+"""Plotly figures built from a run's timeline, report and mask (no Streamlit here).
+
+Every figure sets ``layout.uirevision`` so a live redraw keeps the user's zoom, and stays small:
+per-layer bars and downsampled curves, never a per-step history of every unit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from grasprune.timeline import PHASE_LABELS, Timeline
+
+MAX_POINTS = 1500
+KEPT, BEFORE = "#1f77b4", "#d9d9d9"
+
+
+def _compact(fig: go.Figure, revision: str, height: int = 300) -> go.Figure:
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision=revision,
+                      legend={"orientation": "h", "y": 1.12, "x": 0})
+    return fig
+
+
+def _thin(points: list[tuple]) -> list[tuple]:
+    """At most about MAX_POINTS evenly spaced points, always ending with the latest."""
+    thinned = points[:: max(1, len(points) // MAX_POINTS)]
+    return thinned if not points or thinned[-1] == points[-1] else [*thinned, points[-1]]
+
+
+def loss_figure(timeline: Timeline) -> go.Figure:
+    fig = go.Figure()
+    for phase, points in timeline.loss.items():
+        if points:
+            steps, losses = zip(*_thin(points), strict=True)
+            fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name=PHASE_LABELS.get(phase, phase)))
+    fig.update_layout(title="Loss", xaxis_title="step", yaxis_title="next-token loss")
+    return _compact(fig, "loss")
+
+
+def layers_figure(layers: list[dict], ffn_kept: list[int], kv_kept: list[int], title: str = "") -> go.Figure:
+    """Kept FFN channels and KV groups per layer, over what the layer had."""
+    x = list(range(len(layers)))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("FFN channels kept", "KV groups kept"))
+    for col, (kept, total_key) in enumerate(((ffn_kept, "ffn_channels"), (kv_kept, "kv_groups")), start=1):
+        totals = [layer[total_key] for layer in layers]
+        fig.add_trace(go.Bar(x=x, y=totals, marker_color=BEFORE, name="before", showlegend=col == 1,
+                             hovertemplate="layer %{x}: %{y} before<extra></extra>"), row=1, col=col)
+        fig.add_trace(go.Bar(x=x, y=kept, marker_color=KEPT, name="kept", showlegend=col == 1,
+                             hovertemplate="layer %{x}: %{y} kept<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="layer", row=1, col=col)
+    fig = _compact(fig, "layers")
+    fig.update_layout(barmode="overlay", title=title or None, legend={"orientation": "h", "y": -0.3, "x": 0},
+                      margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    return fig
+
+
+def churn_figure(churn: list[tuple[int, int]]) -> go.Figure:
+    fig = go.Figure()
+    if churn:
+        steps, values = zip(*_thin(churn), strict=True)
+        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name="units flipped"))
+    fig.update_layout(title="Mask churn per step (units whose keep/prune decision flipped)",
+                      xaxis_title="step", yaxis_title="units")
+    return _compact(fig, "churn")
+
+
+def kept_history_figure(history: list[tuple[int, list[int], list[int]]], layers: list[dict]) -> go.Figure:
+    """Fraction of FFN channels kept, layer × step: how the mask moved while the gates trained."""
+    rows = _thin(history)
+    totals = np.array([layer["ffn_channels"] for layer in layers], dtype=float)
+    z = np.array([ffn for _, ffn, _ in rows], dtype=float).T / totals[:, None]
+    fig = go.Figure(go.Heatmap(z=z, x=[step for step, _, _ in rows], y=list(range(len(layers))),
+                               colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "kept"}))
+    fig.update_layout(title="FFN channels kept per layer during gate training", xaxis_title="step",
+                      yaxis_title="layer")
+    return _compact(fig, "kept-history", height=340)
+
+
+def mask_heatmap(matrix: np.ndarray, title: str, unit: str) -> go.Figure:
+    """Layer × unit mask: 1 kept, 0 pruned, blank where a layer has fewer units."""
+    fig = go.Figure(go.Heatmap(z=matrix, colorscale=[[0, "#f4a582"], [1, KEPT]], zmin=0, zmax=1, showscale=False,
+                               hovertemplate=f"layer %{{y}}, {unit} %{{x}}: %{{z}}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title=unit, yaxis_title="layer")
+    return _compact(fig, f"mask-{unit}", height=340)
+
+
+def score_histogram(ffn_probs: np.ndarray, kv_probs: np.ndarray) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=ffn_probs, name="FFN channels", nbinsx=50, histnorm="percent", opacity=0.7))
+    fig.add_trace(go.Histogram(x=kv_probs, name="KV groups", nbinsx=50, histnorm="percent", opacity=0.7))
+    fig.update_layout(barmode="overlay", title="Gate probabilities sigmoid(score / τ)", xaxis_title="probability",
+                      yaxis_title="% of units")
+    return _compact(fig, "scores")
+
+
+def grouped_bars(groups: list[str], series: dict[str, list[float | None]], title: str, yaxis: str) -> go.Figure:
+    """One bar per series in each group, with the number on the bar."""
+    fig = go.Figure()
+    for name, values in series.items():
+        fig.add_trace(go.Bar(x=groups, y=values, name=name,
+                             text=[("–" if v is None else f"{v:.3f}") for v in values], textposition="outside"))
+    fig.update_layout(barmode="group", title=title, yaxis_title=yaxis)
+    return _compact(fig, title)
+
+
+def compare_layers_figure(named: dict[str, list[dict]]) -> go.Figure:
+    """Per-layer kept fraction of two (or more) runs' reports."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("FFN channels kept (%)", "KV groups kept (%)"))
+    for name, layers in named.items():
+        x = [layer["layer"] for layer in layers]
+        for col, (kept, before) in enumerate((("ffn_channels", "ffn_channels_before"),
+                                              ("kv_groups", "kv_groups_before")), start=1):
+            y = [100 * layer[kept] / layer[before] for layer in layers]
+            fig.add_trace(go.Bar(x=x, y=y, name=name, showlegend=col == 1, legendgroup=name), row=1, col=col)
+    fig.update_layout(barmode="group")
+    return _compact(fig, "compare-layers")
+
+
+def loss_compare_figure(curves: dict[str, list[tuple[int, float]]]) -> go.Figure:
+    fig = go.Figure()
+    for name, points in curves.items():
+        if points:
+            steps, losses = zip(*_thin(points), strict=True)
+            fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name=name))
+    fig.update_layout(title="Gate-training loss", xaxis_title="step", yaxis_title="next-token loss")
+    return _compact(fig, "compare-loss")

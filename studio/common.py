@@ -1,0 +1,124 @@
+"""Helpers every page uses: the error guard, the runs folder, the attached run, formatting."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+
+from grasprune.errors import UserError
+from grasprune.jobs import JobRegistry, registry
+from grasprune.runs import Run, list_runs, open_run, runs_root
+from grasprune.timeline import Timeline
+
+LOG = logging.getLogger("grasprune.studio")
+PAGES = {
+    "prune": "pages/prune.py",
+    "runs": "pages/runs.py",
+    "inspect": "pages/inspect.py",
+    "evaluate": "pages/evaluate.py",
+    "export": "pages/export.py",
+}
+
+
+@contextmanager
+def shown_errors() -> Iterator[None]:
+    """A ``UserError`` becomes its one-line message; anything else a generic line (never a traceback).
+
+    Streamlit's own control flow (``st.rerun``, ``st.stop``) derives from BaseException and passes."""
+    try:
+        yield
+    except UserError as err:
+        st.error(str(err))
+    except Exception as err:
+        LOG.exception("studio page error")
+        st.error(f"Something went wrong ({type(err).__name__}); the details are in the server log.")
+
+
+def root() -> Path:
+    return runs_root()
+
+
+def jobs() -> JobRegistry:
+    return registry()
+
+
+def attached_run_id() -> str | None:
+    """The run named by ``?run=<id>`` if it exists (an invalid or stale link is reported, not raised)."""
+    run_id = st.query_params.get("run")
+    if not run_id:
+        return None
+    try:
+        open_run(run_id, root())
+    except UserError as err:
+        st.warning(f"{err}: showing no run")
+        return None
+    return run_id
+
+
+def attach(run_id: str) -> None:
+    st.query_params["run"] = run_id
+
+
+def pick_run(label: str, runs: list[Run], key: str) -> Run | None:
+    """A run selector that defaults to (and updates) the attached run."""
+    if not runs:
+        return None
+    ids = [r.id for r in runs]
+    current = st.query_params.get("run")
+    index = ids.index(current) if current in ids else 0
+    chosen = st.selectbox(label, ids, index=index, key=key, format_func=lambda i: describe(open_run(i, root())))
+    if chosen != current:
+        attach(chosen)
+    return open_run(chosen, root())
+
+
+def completed_runs() -> list[Run]:
+    return [r for r in list_runs(root()) if r.status().get("status") == "completed" and r.report()]
+
+
+def describe(run: Run) -> str:
+    try:
+        config = run.config()
+    except UserError:
+        return f"{run.id} (unreadable config)"
+    return f"{run.id} · {config.model} · keep {config.keep_ratio:g} · {run.status().get('status', 'unknown')}"
+
+
+def timeline(run: Run) -> Timeline:
+    """The run's timeline, read incrementally (only new events) and kept in the session."""
+    key = f"timeline:{run.id}"
+    cached = st.session_state.get(key)
+    if not isinstance(cached, Timeline):
+        cached = Timeline()
+    cached.extend(run.events(since=cached.seen))
+    st.session_state[key] = cached
+    return cached
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def size(nbytes: int | None) -> str:
+    if nbytes is None:
+        return "–"
+    value = float(nbytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def age(timestamp: float | None) -> str:
+    return "–" if timestamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))

@@ -1,0 +1,179 @@
+"""End to end in a real browser (Debian's Chromium driven by Playwright): start a run on a tiny model,
+watch it live, refresh, stop, resume to the end, evaluate, download the archive and load it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+SCREENSHOT = REPO / "docs" / "screenshots" / "live-view.png"
+
+
+def ensure_chromium() -> None:
+    if CHROMIUM.is_file():
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
+                       shell=True, capture_output=True, timeout=900, check=False)
+    if not CHROMIUM.is_file():
+        pytest.skip("Debian's chromium is not installed and could not be installed (run `make browser` as root)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``streamlit run app.py`` on a free port with its own runs folder, as Streamlit's e2e suite starts it."""
+    port = free_port()
+    runs = tmp_path / "runs"
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - the server's lifetime is the fixture's
+    env = {**os.environ, "GRASPRUNE_RUNS": str(runs), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
+         str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield url, runs
+    os.killpg(proc.pid, 15)  # SIGTERM: the server stops its jobs on exit
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+    log.close()
+
+
+def settle(page, timeout: float = 60_000) -> None:
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
+
+
+def fill(page, key: str, value) -> None:
+    field = page.locator(f".st-key-{key} input")
+    field.fill(str(value))
+    field.press("Enter")
+    settle(page)
+
+
+def progress_text(page) -> str:
+    return page.locator("[data-testid='stProgress']").first.inner_text(timeout=10_000)
+
+
+def test_prune_live_refresh_stop_resume_evaluate_download(server, tiny_model_dir, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install-dev)")
+    ensure_chromium()
+    url, runs = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1300}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        settle(page, 120_000)
+        assert page.locator(".st-key-prune_model input").input_value() == "smollm2-135m"
+
+        # a tiny model, enough gate-training steps to watch, stop and resume
+        fill(page, "prune_model", tiny_model_dir)
+        for key, value in (("prune_samples", 48), ("prune_block_len", 64), ("prune_epochs", 2),
+                           ("prune_rescale_samples", 2)):
+            fill(page, key, value)
+        page.get_by_text("Evaluation and advanced settings").click()
+        fill(page, "prune_eval_seqlen", 64)
+        fill(page, "prune_eval_windows", 1)
+        fill(page, "prune_checkpoint_every", 4)
+        page.locator(".st-key-prune_start button").click()
+        page.wait_for_url(re.compile(r"[?&]run="), timeout=60_000)
+        run_id = re.search(r"run=([0-9a-f-]+)", page.url).group(1)
+
+        # live: the per-layer chart, and the progress moving at least twice
+        page.get_by_text("FFN channels kept").first.wait_for(timeout=120_000)
+        seen = []
+        deadline = time.monotonic() + 60
+        while len(set(seen)) < 3 and time.monotonic() < deadline:
+            text = progress_text(page)
+            if "gate training" in text:
+                seen.append(text)
+            time.sleep(0.7)
+        assert len(set(seen)) >= 3, seen
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+        # a refresh re-attaches to the same run
+        page.reload()
+        settle(page)
+        page.get_by_text(f"Run {run_id}").wait_for()
+        assert page.locator("[data-testid='stException']").count() == 0
+
+        # stop: within a few seconds, resumable
+        page.locator(f".st-key-stop-{run_id} button").click()
+        page.get_by_text("Stopped:").wait_for(timeout=60_000)
+        resume = page.locator(f".st-key-resume-{run_id} button")
+        resume.wait_for()
+        settle(page)
+        resume.click()
+        page.locator(f".st-key-stop-{run_id} button").wait_for(timeout=60_000)  # live again
+        page.get_by_text("Completed.").wait_for(timeout=300_000)
+        page.get_by_text("Perplexity wikitext2").first.wait_for()
+
+        # evaluate: dense vs pruned perplexity
+        page.locator("[data-testid='stSidebarNavLink']", has_text="Evaluate").click()
+        settle(page)
+        fill(page, "eval_seqlen", 64)
+        fill(page, "eval_windows", 1)
+        page.locator(".st-key-eval_ppl button").click()
+        page.get_by_text("Perplexity (seqlen 64, 1 windows)").wait_for(timeout=180_000)
+        bar_labels = page.locator("[data-testid='stPlotlyChart'] text.bartext").all_text_contents()
+        assert len([t for t in bar_labels if re.fullmatch(r"\d+\.\d{3}", t)]) == 4, bar_labels
+
+        # export: prepare, download, unpack, load
+        page.locator("[data-testid='stSidebarNavLink']", has_text="Export").click()
+        settle(page)
+        page.locator(".st-key-export_prepare button").click()
+        link = page.locator("a.grasprune-download")
+        link.wait_for(timeout=120_000)
+        with page.expect_download() as download:
+            link.click()
+        archive = tmp_path / "download.tar"
+        download.value.save_as(archive)
+        assert page.locator("[data-testid='stException']").count() == 0
+        browser.close()
+
+    from grasprune.export import load_pruned
+    from grasprune.runs import open_run
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    model, _ = load_pruned(tmp_path / "unpacked" / f"grasprune-{run_id}")
+    report = open_run(run_id, runs).report()
+    assert sum(p.numel() for p in model.parameters()) == report["params"]["total_after"]
+    stopped = [e for e in open_run(run_id, runs).events() if e["type"] == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["phase"] == "gate_training"
