@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMPS  := .make-stamps
 PORT    ?= 8501
 
-.PHONY: install install-dev browser run test test-fast bench-quality bench-speed lint
+.PHONY: install install-dev browser run test test-all test-fast bench-quality bench-speed lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,9 @@ run: install
 	$(BIN)/streamlit run app.py --server.port $(PORT)
 
 test: install-dev browser
+	$(BIN)/python -m pytest -q -m "not heavy"
+
+test-all: install-dev browser
 	$(BIN)/python -m pytest -q
 
 test-fast: install-dev

@@ -7,7 +7,7 @@ import torch
 
 from grasprune.budget_preview import BudgetPreview, preview
 from grasprune.cli_command import prune_command
-from grasprune.config import DEFAULT_CALIB, DEFAULT_RESCALE, PruneConfig
+from grasprune.config import DEFAULT_CALIB, DEFAULT_RESCALE, DEFAULT_VARIANT, METHODS, VARIANTS, PruneConfig
 from grasprune.data import read_source
 from grasprune.errors import UserError
 from grasprune.evaluate import EVAL_DATASETS
@@ -88,7 +88,13 @@ def config_form() -> PruneConfig:
         checkpoint_every = a2.number_input("Checkpoint every (steps)", 1, 100_000, QUICK["checkpoint_every"],
                                            key="prune_checkpoint_every")
         dtype = a3.selectbox("Backbone precision", ["auto", "bf16", "fp32"], key="prune_dtype")
-    return PruneConfig(model=model, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
+        method = a1.selectbox("Method", METHODS, key="prune_method",
+                              help="grasprune trains gates; the others rank units by a one-shot criterion")
+        variant = a2.selectbox("Gate-training variant", list(VARIANTS), list(VARIANTS).index(DEFAULT_VARIANT),
+                               key="prune_variant", help="paper: the authors' exact procedure")
+        trust_remote_code = a3.checkbox("Trust remote code", False, key="prune_trust_remote_code",
+                                        help="Runs the model repository's own Python code. Only for repos you trust.")
+    return PruneConfig(model=model, method=method, variant=variant, trust_remote_code=trust_remote_code, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
                        block_len=int(block_len), epochs=int(epochs), rescale_data=rescale_data,
                        rescale_samples=int(rescale_samples), seed=int(seed), device=device, dtype=dtype,
                        checkpoint_every=int(checkpoint_every), eval_datasets=list(eval_datasets),

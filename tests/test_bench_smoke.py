@@ -88,7 +88,7 @@ def test_gpu_script_runs_its_cpu_fallback_on_a_tiny_shape(tmp_path):
     data = json.loads((tmp_path / "gpu.json").read_text())
     assert data["shape"] == gpu.TINY and data["setting"]["device"] == "cpu"
     training = data["gate_training"]
-    assert training["projected_paper_s"] == pytest.approx(training["gate_step_median_s"] * 2048, rel=1e-3)
+    assert training["projected_paper_s"] == pytest.approx(training["gate_step_median_s"] * 2048, rel=1e-3, abs=0.05)
     decode = data["decode"]
     assert decode["kept_params"] <= decode["prunable_params"] // 2
     assert decode["pruned"]["kv_cache_bytes_per_token"] < decode["dense"]["kv_cache_bytes_per_token"]

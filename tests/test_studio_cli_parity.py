@@ -16,7 +16,7 @@ from grasprune.jobs import JobRegistry
 from grasprune.runs import create_run
 from studio.defaults import QUICK
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def test_default_studio_run_matches_the_cli_and_finishes_in_ten_minutes(tmp_path):
