@@ -12,7 +12,7 @@ from grasprune.generation import generate_text
 from grasprune.runs import Run
 from grasprune.zeroshot_tasks import TASKS
 from studio import charts
-from studio.common import PAGES, completed_runs, pick_run, shown_errors
+from studio.common import pick_completed_run, shown_errors
 
 ROLES = ("dense", "pruned")
 
@@ -122,10 +122,8 @@ def generation_section(run: Run) -> None:
 
 def main() -> None:
     st.title("Evaluate")
-    run = pick_run("Completed run", completed_runs(), key="evaluate_run")
+    run = pick_completed_run("evaluate_run", "evaluation compares a run's pruned checkpoint with its dense model")
     if run is None:
-        st.info("No completed run yet: evaluation compares a run's pruned checkpoint with its dense model.")
-        st.page_link(PAGES["prune"], label="Prune a model")
         return
     report = run.report()
     st.caption(f"Base model {report['base_model']} · keep ratio {report['keep_ratio']:g} · "

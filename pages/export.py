@@ -6,16 +6,14 @@ from __future__ import annotations
 import streamlit as st
 
 from grasprune.archive import archive_info, build_archive, load_snippet
-from studio.common import PAGES, completed_runs, pick_run, size
+from studio.common import pick_completed_run, size
 from studio.routes import download_url
 
 
 def main() -> None:
     st.title("Export")
-    run = pick_run("Completed run", completed_runs(), key="export_run")
+    run = pick_completed_run("export_run", "a run's checkpoint is exported when it completes")
     if run is None:
-        st.info("No completed run yet: a run's checkpoint is exported when it completes.")
-        st.page_link(PAGES["prune"], label="Prune a model")
         return
     folder = run.output_dir()
     files = sorted(p for p in folder.rglob("*") if p.is_file())

@@ -81,6 +81,16 @@ def completed_runs() -> list[Run]:
     return [r for r in list_runs(root()) if r.status().get("status") == "completed" and r.report()]
 
 
+def pick_completed_run(key: str, why: str) -> Run | None:
+    """The completed-run selector of the Evaluate and Export pages; without one, says ``why`` and links
+    to the Prune page."""
+    run = pick_run("Completed run", completed_runs(), key=key)
+    if run is None:
+        st.info(f"No completed run yet: {why}.")
+        st.page_link(PAGES["prune"], label="Prune a model")
+    return run
+
+
 def describe(run: Run) -> str:
     try:
         config = run.config()
