@@ -107,6 +107,25 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(args, message, tiny_mod
     assert not any(Path(tmp_path).glob(".*partial"))
 
 
+def test_a_non_finite_loss_is_a_clear_error(tmp_path, smol_tokenizer):
+    import torch
+
+    from conftest import tiny_model
+
+    model = tiny_model("llama", vocab_size=len(smol_tokenizer))
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    folder = tmp_path / "nan-model"
+    model.save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    result = run_cli("prune", "--model", str(folder), *SMALL, "--out", str(tmp_path / "out"),
+                     "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "non-finite loss" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_pickle_only_folder_is_refused_with_how_to_convert(tmp_path):
     folder = tmp_path / "pickled"
     folder.mkdir()
