@@ -34,7 +34,8 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--rescale-data", help=f"held-out text for scale calibration (default {DEFAULT_RESCALE})")
     p.add_argument("--rescale-samples", type=int, help="scale-calibration blocks")
     p.add_argument("--rescale-epochs", type=int, help="scale-calibration epochs (0 skips it)")
-    p.add_argument("--variant", help="gate-training variant: studio (default, best measured) or paper (exact)")
+    p.add_argument("--variant", help="gate-training variant: distill (default), paper (the exact "
+                                     "procedure) or importance")
     p.add_argument("--score-init", help="initial gate scores: zero (paper) or a one-shot importance")
     p.add_argument("--tau-end", type=float, help="anneal the gate temperature linearly to this value")
     p.add_argument("--warmup", type=float, help="fraction of steps with a linear learning-rate warm-up")
