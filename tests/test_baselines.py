@@ -1,6 +1,5 @@
 import pytest
 import torch
-from conftest import tiny_model
 
 from grasprune.adapters import ModelAdapter
 from grasprune.baselines import (
@@ -17,6 +16,8 @@ from grasprune.baselines import (
 from grasprune.errors import UserError
 from grasprune.gates import Gates
 from grasprune.units import FFN, KV, layout_of, project
+
+from conftest import tiny_model
 
 G, DH = 2, 16  # tiny models: 8 query heads over 4 KV heads of 16
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cli
 
 SMALL = ["--calib-samples", "4", "--block-len", "32", "--epochs", "2", "--rescale-samples", "2",

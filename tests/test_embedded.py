@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
 from safetensors.torch import load_file
 
 from grasprune.adapters import ModelAdapter
@@ -12,6 +11,8 @@ from grasprune.export import load_pruned
 from grasprune.gates import Gates
 from grasprune.models import load_model
 from grasprune.units import layout_of
+
+from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 

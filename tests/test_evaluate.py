@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
 
 from grasprune.errors import UserError
 from grasprune.evaluate import perplexity
+
+from conftest import tiny_model
 
 
 class FixedTokenizer:

@@ -7,12 +7,13 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_model
 
 from grasprune.adapters import ModelAdapter
 from grasprune.export import load_pruned, save_pruned
 from grasprune.gates import Gates
 from grasprune.units import layout_of, project
+
+from conftest import tiny_model
 
 FAMILIES = ["llama", "llama-bias", "mistral", "qwen2", "qwen3"]
 

@@ -8,11 +8,12 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
 
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
 from grasprune.runs import create_run, open_run
+
+from conftest import REPO
 
 
 def tiny_config(model_dir, **overrides) -> PruneConfig:

@@ -1,10 +1,11 @@
 import torch
-from conftest import tiny_model
 
 from grasprune.adapters import ModelAdapter
 from grasprune.gates import Gates
 from grasprune.train import gate_probs, ste_factors
 from grasprune.units import layout_of
+
+from conftest import tiny_model
 
 
 def hard_masked_logits(model, adapter, layout, mask, ids):

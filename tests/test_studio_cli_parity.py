@@ -7,7 +7,6 @@ import shlex
 import time
 
 import pytest
-from conftest import run_cli
 from safetensors.torch import load_file
 
 from grasprune.cli_command import prune_command
@@ -15,6 +14,8 @@ from grasprune.config import PruneConfig
 from grasprune.jobs import JobRegistry
 from grasprune.runs import create_run
 from studio.defaults import QUICK
+
+from conftest import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 

@@ -1,12 +1,13 @@
 import pytest
 import torch
-from conftest import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grasprune.adapters import LayerShape, ModelAdapter
 from grasprune.errors import UserError
 from grasprune.units import UnitLayout, layout_of, project
+
+from conftest import tiny_model
 
 
 def make_layout(ffn_sizes, kv_sizes, ffn_costs, kv_costs, group_size=2):

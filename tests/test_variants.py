@@ -1,0 +1,63 @@
+"""Gate-training variants: presets, schedules, importance start and the distillation loss."""
+
+import pytest
+import torch
+
+from grasprune.adapters import ModelAdapter
+from grasprune.config import VARIANTS, PruneConfig
+from grasprune.errors import UserError
+from grasprune.gates import Gates
+from grasprune.train import LoopConfig, block_loss, scores_from_importance
+from grasprune.units import FFN, KV, layout_of
+
+from conftest import tiny_model
+
+
+def test_variant_presets_fill_only_what_is_not_set():
+    paper = PruneConfig(variant="paper", device="cpu").resolved()
+    assert (paper.score_init, paper.lr, paper.tau_end, paper.distill) == ("zero", 1e-2, None, 0.0)
+    mixed = PruneConfig(variant="paper", distill=0.25, device="cpu").resolved()
+    assert mixed.distill == 0.25 and mixed.lr == 1e-2
+    assert PruneConfig(device="cpu").resolved().variant in VARIANTS
+    with pytest.raises(UserError, match="unknown variant"):
+        PruneConfig(variant="magic", device="cpu").resolved()
+    with pytest.raises(UserError, match="--distill"):
+        PruneConfig(distill=2.0, device="cpu").resolved()
+
+
+def test_schedules_depend_only_on_the_step():
+    loop = LoopConfig(epochs=1, lr=0.1, tau=1.5, tau_end=0.5, warmup=0.25)
+    assert loop.tau_at(0, 9) == 1.5 and loop.tau_at(8, 9) == pytest.approx(0.5)
+    assert loop.tau_at(4, 9) == pytest.approx(1.0)
+    assert [round(loop.lr_at(s, 8), 4) for s in range(4)] == [0.05, 0.1, 0.1, 0.1]
+    assert LoopConfig(epochs=1, lr=0.1).lr_at(0, 8) == 0.1
+
+
+def test_importance_start_is_a_percentile_within_each_kind():
+    model = tiny_model("llama")
+    layout = layout_of(ModelAdapter(model))
+    importance = torch.randn(layout.num_units)
+    importance[layout.kind == KV] *= 1000  # a different scale must not matter
+    probs = torch.sigmoid(scores_from_importance(importance, layout, tau=1.5) / 1.5)
+    for kind in (FFN, KV):
+        members = layout.kind == kind
+        order_by_importance = torch.argsort(importance[members])
+        assert torch.all(torch.diff(probs[members][order_by_importance]) >= 0)
+        assert 0.02 <= probs[members].min() and probs[members].max() <= 0.98
+        assert probs[members].mean() == pytest.approx(0.5, abs=0.02)
+
+
+def test_distillation_against_itself_is_the_scaled_lm_loss():
+    model = tiny_model("llama").requires_grad_(False)
+    adapter = ModelAdapter(model)
+    layout = layout_of(adapter)
+    block = torch.randint(0, 256, (24,))
+    with Gates(adapter, layout) as gates:
+        lm = block_loss(model, block)
+        mixed = block_loss(model, block, gates, distill=0.5)  # gates off: teacher == student, KL = 0
+        assert mixed.item() == pytest.approx(0.5 * lm.item(), rel=1e-5)
+        gates.set(torch.where(torch.rand(layout.num_units) < 0.5, 0.0, 1.0))
+        pruned = block_loss(model, block, gates, distill=1.0)  # pure KL to the dense model
+        assert pruned.item() > 0
+        gates.set(None)
+        assert block_loss(model, block, gates, distill=1.0).item() == pytest.approx(0.0, abs=1e-6)
