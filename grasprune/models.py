@@ -29,8 +29,9 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 
 def cache_dir() -> Path:
     """User cache for converted models and tokenized data (never beside the read-only data)."""
-    root = os.environ.get("GRASPRUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Path(root) / "grasprune" if "GRASPRUNE_CACHE" not in os.environ else Path(root)
+    if os.environ.get("GRASPRUNE_CACHE"):
+        return Path(os.environ["GRASPRUNE_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "grasprune"
 
 
 def embedded_gguf_path() -> Path:

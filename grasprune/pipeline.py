@@ -22,7 +22,7 @@ from .export import load_pruned, save_pruned
 from .gates import Gates
 from .models import load_model
 from .runs import Run
-from .train import LoopConfig, calibrate_scales, gate_probs, scores_from_importance, train_gates
+from .train import LoopConfig, Stopped, calibrate_scales, gate_probs, scores_from_importance, train_gates
 from .units import UnitLayout, layout_of, project
 
 
@@ -60,15 +60,13 @@ def prune_run(run: Run, stop: threading.Event | None = None, overwrite: bool = F
     run.set_status("running")
     try:
         report = _prune(config, run, emit, stop, overwrite)
+    except Stopped as err:
+        run.set_status("stopped", message=str(err))
+        raise
     except Exception as err:
-        from .train import Stopped
-
-        if isinstance(err, Stopped):
-            run.set_status("stopped", message=str(err))
-        else:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            emit("error", message=message, kind=type(err).__name__)
-            run.set_status("failed", message=message)
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        emit("error", message=message, kind=type(err).__name__)
+        run.set_status("failed", message=message)
         raise
     run.set_status("completed")
     return report
