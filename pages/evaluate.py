@@ -12,7 +12,7 @@ from grasprune.generation import generate_text
 from grasprune.runs import Run
 from grasprune.zeroshot_tasks import TASKS
 from studio import charts
-from studio.common import pick_completed_run, shown_errors
+from studio.common import completed_runs, pick_completed_run, shown_errors
 
 ROLES = ("dense", "pruned")
 
@@ -36,6 +36,22 @@ def model_of(run: Run, role: str):
         device = "cpu"
     spec = str(run.output_dir()) if role == "pruned" else config.model
     return load(role, spec, device, config.trust_remote_code, config.allow_pickle)
+
+
+def baseline_series(run: Run, datasets: list[str], seqlen: int, windows: int) -> dict[str, list[float | None]]:
+    """Perplexities that baseline runs (other methods) of the same base model recorded after their
+    export, at these evaluation settings."""
+    base = run.report()["base_model"]
+    series = {}
+    for other in completed_runs():
+        report = other.report()
+        if other.id == run.id or report.get("method", "grasprune") == "grasprune" or report["base_model"] != base:
+            continue
+        metrics = [report["metrics"].get(f"ppl_{d}") for d in datasets]
+        values = [m["ppl"] if m and (m["seqlen"], m["windows"]) == (seqlen, windows) else None for m in metrics]
+        if any(v is not None for v in values):
+            series[f"{report['method']} · keep {report['keep_ratio']:g} · {other.id}"] = values
+    return series
 
 
 def perplexity_section(run: Run) -> None:
@@ -65,6 +81,7 @@ def perplexity_section(run: Run) -> None:
         st.caption("No perplexity at these settings yet: press Compute.")
         return
     series = {role: [None if r is None else r["ppl"] for r in values] for role, values in results.items()}
+    series.update(baseline_series(run, datasets, seqlen, windows))
     st.plotly_chart(charts.grouped_bars(datasets, series, f"Perplexity (seqlen {seqlen}, {windows} windows)",
                                         "perplexity (lower is better)"), width="stretch")
     rows = [{"model": role, "dataset": r["dataset"], "perplexity": round(r["ppl"], 3), "seqlen": r["seqlen"],
