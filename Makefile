@@ -19,7 +19,7 @@ $(STAMPS)/runtime: requirements.txt pyproject.toml | $(BIN)/python
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/dev: requirements-dev.txt $(STAMPS)/runtime
-	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt -c requirements.txt
 	@mkdir -p $(STAMPS) && touch $@
 
 # Debian's Chromium for the browser tests (Playwright cannot download browsers here).
