@@ -140,21 +140,14 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
     """Scores whose projection is the mask: learned gates, or a baseline's one-shot importance."""
     if run.scores_path.is_file():
         return load_file(str(run.scores_path))["scores"]
+    started = time.perf_counter()
     if config.method != "grasprune":
-        from .baselines import unit_importance
-
-        emit("phase", phase="importance")
-        started = time.perf_counter()
-        scores = unit_importance(config.method, model, gates.adapter, layout, calib, seed=config.seed)
+        scores = _importance(config.method, config, model, gates, layout, calib, emit)
         timing["importance_s"] = round(time.perf_counter() - started, 2)
         return scores
     init = None
-    started = time.perf_counter()
-    if config.score_init != "zero":
-        from .baselines import unit_importance
-
-        emit("phase", phase="importance")
-        importance = unit_importance(config.score_init, model, gates.adapter, layout, calib, seed=config.seed)
+    if config.score_init != "zero" and not run.gates_checkpoint.is_file():  # a resumed run restores its scores
+        importance = _importance(config.score_init, config, model, gates, layout, calib, emit)
         init = scores_from_importance(importance, layout, config.tau)
     emit("phase", phase="gate_training", total=config.epochs * calib.shape[0])
     loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,
@@ -163,6 +156,14 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
     scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint, init)
     timing["gate_training_s"] = round(time.perf_counter() - started, 2)
     return scores
+
+
+def _importance(name: str, config, model, gates, layout, calib, emit) -> torch.Tensor:
+    """One-shot per-unit importance: a baseline's ranking, or the start of the gate scores."""
+    from .baselines import unit_importance
+
+    emit("phase", phase="importance")
+    return unit_importance(name, model, gates.adapter, layout, calib, seed=config.seed)
 
 
 def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit, stop, timing) -> torch.Tensor:
