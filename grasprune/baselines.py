@@ -42,6 +42,7 @@ FFN_PARTS = (("gate", ROW), ("up", ROW), ("down", COL))
 KV_PARTS = (("q", ROW), ("k", ROW), ("v", ROW), ("o", COL))
 # stat(layer, name, linear, axis) -> one value per row (axis ROW) or column (axis COL), or None
 SliceStat = Callable[[int, str, nn.Linear, int], "torch.Tensor | None"]
+LogitsSink = Callable[[torch.Tensor, torch.Tensor], None]  # (block ids, logits of shape (1, L, V))
 
 
 def unit_importance(
@@ -51,20 +52,23 @@ def unit_importance(
     layout: UnitLayout,
     blocks: torch.Tensor,
     seed: int = 0,
+    on_logits: LogitsSink | None = None,
 ) -> torch.Tensor:
     """One float32 score per unit (higher = more important) by baseline ``method``.
 
     ``blocks`` are calibration token ids, shape (N, L); each is run with batch 1. Only ``taylor``
     computes gradients, and it leaves every parameter's ``requires_grad`` as it found it.
+    ``on_logits(block, logits)`` sees the dense model's logits of every block the criterion runs
+    (``wanda-sp`` and ``flap``), so a caller can reuse that forward pass.
     """
     if method not in BASELINES:
         raise UserError(f"unknown baseline '{method}': choose one of {', '.join(BASELINES)}")
     if method == "flap":
-        return flap_scores(adapter, layout, input_statistics(model, adapter, blocks))
+        return flap_scores(adapter, layout, input_statistics(model, adapter, blocks, on_logits))
     raw = {
         "random": lambda: random_scores(layout, seed),
         "magnitude": lambda: magnitude_scores(adapter, layout),
-        "wanda-sp": lambda: wanda_sp_scores(adapter, layout, input_statistics(model, adapter, blocks)),
+        "wanda-sp": lambda: wanda_sp_scores(adapter, layout, input_statistics(model, adapter, blocks, on_logits)),
         "taylor": lambda: taylor_scores(model, adapter, layout, blocks),
     }[method]()
     return rank_within_layer(raw, layout)
@@ -151,7 +155,9 @@ class InputStats:
 
 
 @torch.no_grad()
-def input_statistics(model: nn.Module, adapter: ModelAdapter, blocks: torch.Tensor) -> list[dict[str, InputStats]]:
+def input_statistics(
+    model: nn.Module, adapter: ModelAdapter, blocks: torch.Tensor, on_logits: LogitsSink | None = None
+) -> list[dict[str, InputStats]]:
     """Per layer, the column statistics of the inputs of ``down_proj`` and ``o_proj`` over ``blocks``."""
     stats: list[dict[str, InputStats]] = [{} for _ in adapter.views]
 
@@ -176,7 +182,9 @@ def input_statistics(model: nn.Module, adapter: ModelAdapter, blocks: torch.Tens
     device = next(model.parameters()).device
     try:
         for block in blocks:
-            model(input_ids=block.unsqueeze(0).to(device), use_cache=False)
+            logits = model(input_ids=block.unsqueeze(0).to(device), use_cache=False).logits
+            if on_logits is not None:
+                on_logits(block, logits)
     finally:
         for handle in handles:
             handle.remove()

@@ -40,6 +40,9 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--tau-end", type=float, help="anneal the gate temperature linearly to this value")
     p.add_argument("--warmup", type=float, help="fraction of steps with a linear learning-rate warm-up")
     p.add_argument("--distill", type=float, help="weight of a KL loss to the dense model (0 = LM loss only)")
+    p.add_argument("--distill-topk", type=int, help="distil to the dense model's cached top-k tokens "
+                                                  "(0 = full distribution, one extra forward per step)")
+    p.add_argument("--rescale-distill", type=float, help="KL weight in scale calibration (default: --distill)")
     p.add_argument("--lr", type=float, help="gate learning rate")
     p.add_argument("--rescale-lr", type=float, help="scale-calibration learning rate (default 1e-2)")
     p.add_argument("--tau", type=float, help="gate temperature")
@@ -65,7 +68,8 @@ def config_from_args(args) -> PruneConfig:
         name: getattr(args, name)
         for name in ("model", "keep_ratio", "method", "calib_data", "calib_samples", "block_len", "epochs",
                      "rescale_data", "rescale_samples", "rescale_epochs", "lr", "tau", "seed", "device", "dtype",
-                     "variant", "score_init", "tau_end", "warmup", "distill", "rescale_lr",
+                     "variant", "score_init", "tau_end", "warmup", "distill", "distill_topk", "rescale_distill",
+                     "rescale_lr",
                      "checkpoint_every", "eval_seqlen", "eval_windows", "trust_remote_code", "allow_pickle")
         if getattr(args, name) is not None
     }

@@ -22,11 +22,14 @@ SCORE_INITS = ("zero", "random", "magnitude", "wanda-sp", "flap", "taylor")
 # options below, each of which can also be set on its own (an explicit setting wins over the variant).
 # Measured on SmolLM2-135M with the engine issue's protocol: see the README's ablation table.
 VARIANTS = {
-    "paper": {"score_init": "zero", "lr": 1e-2, "tau_end": None, "warmup": 0.0, "distill": 0.0},
+    "paper": {"score_init": "zero", "lr": 1e-2, "tau_end": None, "warmup": 0.0, "distill": 0.0,
+              "distill_topk": 0},
     # the paper's procedure with half of the loss a KL divergence to the dense model (one extra forward)
-    "distill": {"score_init": "zero", "lr": 1e-2, "tau_end": None, "warmup": 0.0, "distill": 0.5},
+    "distill": {"score_init": "zero", "lr": 1e-2, "tau_end": None, "warmup": 0.0, "distill": 0.5,
+                "distill_topk": 0},
     # scores start from Wanda-sp's per-layer ranking, a larger lr and an annealed temperature
-    "importance": {"score_init": "wanda-sp", "lr": 5e-2, "tau_end": 0.5, "warmup": 0.0, "distill": 0.0},
+    "importance": {"score_init": "wanda-sp", "lr": 5e-2, "tau_end": 0.5, "warmup": 0.0, "distill": 0.0,
+                   "distill_topk": 0},
 }
 DEFAULT_VARIANT = "distill"
 
@@ -45,6 +48,8 @@ class PruneConfig:
     tau_end: float | None = None
     warmup: float | None = None
     distill: float | None = None
+    distill_topk: int | None = None
+    rescale_distill: float | None = None
     calib_data: str = DEFAULT_CALIB
     calib_samples: int | None = None
     block_len: int | None = None
@@ -73,6 +78,8 @@ class PruneConfig:
             raise UserError(f"unknown variant '{self.variant}': choose one of {', '.join(VARIANTS)}")
         defaults = {**defaults, **VARIANTS[self.variant]}
         filled = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()}
+        if self.rescale_distill is None:
+            filled["rescale_distill"] = filled.get("distill", self.distill)
         config = dataclasses.replace(self, device=device, dtype=resolve_dtype_name(self.dtype, device), **filled)
         config.validate()
         return config
@@ -98,8 +105,12 @@ class PruneConfig:
             raise UserError(f"unknown --score-init '{self.score_init}': choose one of {', '.join(SCORE_INITS)}")
         if self.warmup is not None and not 0 <= self.warmup < 1:
             raise UserError(f"--warmup is a fraction of the steps in [0, 1) (got {self.warmup})")
-        if self.distill is not None and not 0 <= self.distill <= 1:
-            raise UserError(f"--distill is a loss weight in [0, 1] (got {self.distill})")
+        for name in ("distill", "rescale_distill"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise UserError(f"--{name.replace('_', '-')} is a loss weight in [0, 1] (got {value})")
+        if self.distill_topk is not None and self.distill_topk < 0:
+            raise UserError(f"--distill-topk must be 0 (full distribution) or more (got {self.distill_topk})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -22,7 +22,15 @@ from .export import load_pruned, save_pruned
 from .gates import Gates
 from .models import load_model
 from .runs import Run
-from .train import LoopConfig, Stopped, calibrate_scales, gate_probs, scores_from_importance, train_gates
+from .train import (
+    LoopConfig,
+    Stopped,
+    TeacherCache,
+    calibrate_scales,
+    gate_probs,
+    scores_from_importance,
+    train_gates,
+)
 from .units import UnitLayout, layout_of, project
 
 
@@ -146,24 +154,26 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
         timing["importance_s"] = round(time.perf_counter() - started, 2)
         return scores
     init = None
+    teacher = TeacherCache(config.distill_topk) if config.distill > 0 and config.distill_topk > 0 else None
     if config.score_init != "zero" and not run.gates_checkpoint.is_file():  # a resumed run restores its scores
-        importance = _importance(config.score_init, config, model, gates, layout, calib, emit)
+        record = teacher.record if teacher is not None else None
+        importance = _importance(config.score_init, config, model, gates, layout, calib, emit, record)
         init = scores_from_importance(importance, layout, config.tau)
     emit("phase", phase="gate_training", total=config.epochs * calib.shape[0])
     loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,
                       checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
-                      distill=config.distill)
-    scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint, init)
+                      distill=config.distill, distill_topk=config.distill_topk)
+    scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint, init, teacher)
     timing["gate_training_s"] = round(time.perf_counter() - started, 2)
     return scores
 
 
-def _importance(name: str, config, model, gates, layout, calib, emit) -> torch.Tensor:
+def _importance(name: str, config, model, gates, layout, calib, emit, on_logits=None) -> torch.Tensor:
     """One-shot per-unit importance: a baseline's ranking, or the start of the gate scores."""
     from .baselines import unit_importance
 
     emit("phase", phase="importance")
-    return unit_importance(name, model, gates.adapter, layout, calib, seed=config.seed)
+    return unit_importance(name, model, gates.adapter, layout, calib, seed=config.seed, on_logits=on_logits)
 
 
 def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit, stop, timing) -> torch.Tensor:
@@ -173,7 +183,8 @@ def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit
     emit("phase", phase="scale_calibration", total=config.rescale_epochs * rescale.shape[0])
     started = time.perf_counter()
     loop = LoopConfig(epochs=config.rescale_epochs, lr=config.rescale_lr, seed=config.seed + 1,
-                      checkpoint_every=config.checkpoint_every, distill=config.distill)
+                      checkpoint_every=config.checkpoint_every, distill=config.rescale_distill,
+                      distill_topk=config.distill_topk)
     gamma = calibrate_scales(model, gates, layout, mask, rescale, loop, adapter.family.scale_keys, emit, stop,
                              run.scales_checkpoint)
     timing["rescale_s"] = round(time.perf_counter() - started, 2)

@@ -38,6 +38,7 @@ class LoopConfig:
     tau_end: float | None = None  # anneal the gate temperature linearly from tau to tau_end
     warmup: float = 0.0  # fraction of the steps with a linear learning-rate warm-up
     distill: float = 0.0  # weight of the KL divergence to the dense model's next-token distribution
+    distill_topk: int = 0  # > 0: distil to the dense model's cached top-k distribution (one forward per block)
 
     def tau_at(self, step: int, total: int) -> float:
         if self.tau_end is None or total <= 1:
@@ -78,20 +79,70 @@ def ste_factors(scores: torch.Tensor, layout: UnitLayout, budget: int, tau: floa
     return mask + probs - probs.detach(), mask
 
 
-def block_loss(model, block: torch.Tensor, gates: Gates | None = None, distill: float = 0.0) -> torch.Tensor:
+class TeacherCache:
+    """The dense model's top-k next-token distribution per calibration block, computed once.
+
+    Distilling to the full-vocabulary distribution costs one extra forward pass per step; this cache
+    costs one per *block* (the first time it is seen, or for free when the one-shot importance pass
+    over the same blocks records its logits), and the KL is taken over the teacher's top-k tokens,
+    renormalised (sparse knowledge distillation, as in e.g. Raman et al. 2023, "For distillation,
+    tokens are not all you need"). With k = 128 the teacher's top-k holds most of its mass on text.
+    """
+
+    def __init__(self, topk: int):
+        self.topk = topk
+        self.entries: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def key(block: torch.Tensor) -> bytes:
+        return block.detach().cpu().numpy().tobytes()
+
+    @torch.no_grad()
+    def record(self, block: torch.Tensor, logits: torch.Tensor) -> None:
+        """Keep the top-k log-probabilities (renormalised over the top k) of ``logits`` (1, L, V)."""
+        top, index = torch.topk(logits[0, :-1].float(), self.topk, dim=-1)
+        self.entries[self.key(block)] = (torch.log_softmax(top, -1).cpu(), index.to(torch.int32).cpu())
+
+    def get(self, model, block: torch.Tensor, gates: Gates) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.key(block) not in self.entries:
+            saved = gates.snapshot()
+            gates.set(None)
+            with torch.no_grad():
+                self.record(block, model(input_ids=block.unsqueeze(0).to(model.device), use_cache=False).logits)
+            gates.restore(saved)
+        return self.entries[self.key(block)]
+
+
+def sparse_kl(student: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_index: torch.Tensor) -> torch.Tensor:
+    """KL(teacher_topk || student) per token, averaged: the student's log-probabilities are the full
+    softmax's, read at the teacher's top-k tokens."""
+    teacher_logprobs = teacher_logprobs.to(student.device)
+    picked = torch.gather(student, -1, teacher_index.to(student.device).long())
+    return (teacher_logprobs.exp() * (teacher_logprobs - picked)).sum(-1).mean()
+
+
+def block_loss(
+    model, block: torch.Tensor, gates: Gates | None = None, distill: float = 0.0, teacher: TeacherCache | None = None
+) -> torch.Tensor:
     """Next-token cross-entropy of the gated model; with ``distill > 0``, mixed with the KL divergence
-    to the ungated (dense) model's distribution, which costs one extra forward pass without gradients."""
+    to the ungated (dense) model's distribution: its top-k from ``teacher`` when given, otherwise the
+    full distribution from one extra forward pass without gradients."""
     ids = block.unsqueeze(0).to(model.device)
-    if distill > 0 and gates is not None:
+    if distill > 0 and gates is not None and teacher is not None:
+        cached = teacher.get(model, block, gates)
+        student = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
+        ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
+        loss = (1 - distill) * ce + distill * sparse_kl(student, *cached)
+    elif distill > 0 and gates is not None:
         saved = gates.snapshot()
         gates.set(None)
         with torch.no_grad():
-            teacher = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
+            dense = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
         gates.restore(saved)
         logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
         student = torch.log_softmax(logits, -1)
         ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
-        kl = torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
+        kl = torch.nn.functional.kl_div(student, dense, log_target=True, reduction="batchmean")
         loss = (1 - distill) * ce + distill * kl
     else:
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss
@@ -100,6 +151,13 @@ def block_loss(model, block: torch.Tensor, gates: Gates | None = None, distill: 
             f"non-finite loss ({loss.item()}): the model or data produce NaN/inf; try --dtype fp32 or other data"
         )
     return loss
+
+
+def teacher_for(cfg: LoopConfig, teacher: TeacherCache | None) -> TeacherCache | None:
+    """The cache a loop distils from: the given one, a new one for top-k distillation, or none."""
+    if cfg.distill <= 0 or cfg.distill_topk <= 0:
+        return None
+    return teacher if teacher is not None else TeacherCache(cfg.distill_topk)
 
 
 class _Loop:
@@ -181,8 +239,11 @@ def train_gates(
     stop: threading.Event | None = None,
     checkpoint: Path | None = None,
     init_scores: torch.Tensor | None = None,
+    teacher: TeacherCache | None = None,
 ) -> torch.Tensor:
-    """Learn one score per unit; return the final scores (the final mask is their projection)."""
+    """Learn one score per unit; return the final scores (the final mask is their projection).
+    ``teacher`` may hold dense top-k distributions recorded earlier (e.g. by the importance pass)."""
+    teacher = teacher_for(cfg, teacher)
     scores = torch.zeros(layout.num_units, device=model.device) if init_scores is None else init_scores.clone()
     scores = torch.nn.Parameter(scores.float().to(model.device))
     loop = _Loop("gate_training", scores, blocks, cfg, emit, stop, checkpoint)
@@ -192,7 +253,7 @@ def train_gates(
         tau = cfg.tau_at(index, loop.total)
         factors, mask = ste_factors(scores, layout, budget, tau)
         gates.set(factors)
-        loss = block_loss(model, block, gates, cfg.distill)
+        loss = block_loss(model, block, gates, cfg.distill, teacher)
         churn = 0 if previous[0] is None else int((mask != previous[0]).sum())
         previous[0] = mask
         ffn, kv = layout.kept_counts(mask)
@@ -224,6 +285,7 @@ def calibrate_scales(
     checkpoint: Path | None = None,
 ) -> torch.Tensor:
     """Learn a scale per kept unit with the mask fixed; return gamma (1 on pruned units)."""
+    teacher = teacher_for(cfg, None)
     raw = torch.nn.Parameter(torch.zeros(layout.num_units, device=model.device))
     mask = mask.to(model.device)
     loop = _Loop("scale_calibration", raw, blocks, cfg, emit, stop, checkpoint)
@@ -231,7 +293,7 @@ def calibrate_scales(
     def step(block, index):
         factors = mask * scale_factors(raw)
         gates.set(factors, key_factors=None if scale_keys else mask)
-        return block_loss(model, block, gates, cfg.distill), {}
+        return block_loss(model, block, gates, cfg.distill, teacher), {}
 
     try:
         loop.run(step)

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from grasprune.adapters import ModelAdapter
+from grasprune.baselines import unit_importance
 from grasprune.config import VARIANTS, PruneConfig
 from grasprune.errors import UserError
 from grasprune.gates import Gates
-from grasprune.train import LoopConfig, block_loss, scores_from_importance
+from grasprune.train import LoopConfig, TeacherCache, block_loss, scores_from_importance
 from grasprune.units import FFN, KV, layout_of
 
 from conftest import tiny_model
@@ -61,3 +62,44 @@ def test_distillation_against_itself_is_the_scaled_lm_loss():
         assert pruned.item() > 0
         gates.set(None)
         assert block_loss(model, block, gates, distill=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_topk_distillation_with_the_whole_vocabulary_is_the_exact_kl():
+    model = tiny_model("llama").requires_grad_(False)
+    adapter = ModelAdapter(model)
+    layout = layout_of(adapter)
+    block = torch.randint(0, 256, (24,))
+    with Gates(adapter, layout) as gates:
+        gates.set(torch.where(torch.rand(layout.num_units, generator=torch.Generator().manual_seed(1)) < 0.5,
+                              0.0, 1.0))
+        exact = block_loss(model, block, gates, distill=0.7)
+        cache = TeacherCache(topk=256)  # the whole vocabulary: the renormalised top-k is the distribution
+        cached = block_loss(model, block, gates, distill=0.7, teacher=cache)
+        assert cached.item() == pytest.approx(exact.item(), rel=1e-5)
+        assert len(cache.entries) == 1  # the dense pass ran once, with the gates off
+        gates.set(None)
+        assert block_loss(model, block, gates, distill=1.0, teacher=cache).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_the_importance_pass_records_the_teacher_a_lazy_cache_would_compute():
+    model = tiny_model("llama").requires_grad_(False)
+    adapter = ModelAdapter(model)
+    layout = layout_of(adapter)
+    blocks = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(2))
+    recorded, lazy = TeacherCache(topk=8), TeacherCache(topk=8)
+    unit_importance("wanda-sp", model, adapter, layout, blocks, on_logits=recorded.record)
+    assert len(recorded.entries) == 3
+    with Gates(adapter, layout) as gates:
+        gates.set(torch.ones(layout.num_units) * 0.5)  # the cache must ignore the gates, then restore them
+        gated = model(input_ids=blocks[:1]).logits
+        for block in blocks:
+            for want, got in zip(lazy.get(model, block, gates), recorded.get(model, block, gates), strict=True):
+                assert torch.equal(want, got)
+        assert torch.equal(model(input_ids=blocks[:1]).logits, gated)
+
+
+def test_rescale_distillation_follows_distill_unless_set():
+    assert PruneConfig(variant="paper", distill=0.3, device="cpu").resolved().rescale_distill == 0.3
+    assert PruneConfig(distill=0.3, rescale_distill=0.0, device="cpu").resolved().rescale_distill == 0.0
+    with pytest.raises(UserError, match="--distill-topk"):
+        PruneConfig(distill_topk=-1, device="cpu").resolved()
