@@ -2,10 +2,12 @@
 
     python -m bench.quality [--methods grasprune,random,magnitude,wanda-sp,flap,taylor]
                             [--keep-ratios 0.8,0.7,0.5] [--rescale both|on|off] [--limit-windows 64]
+                            [--variants default,paper]
 
 Every entry is one real ``prune_run`` (the library call behind ``grasprune prune``). Baselines are run
 one-shot (``rescale_epochs=0``, as published) and with our scale calibration (``rescale_epochs=1``);
-GRASPrune always with its scale calibration. ``quality.json`` is rewritten atomically after every
+GRASPrune always with its scale calibration, once per gate-training variant (the default and the
+authors' ``paper`` procedure); a baseline's scale calibration is the default variant's. ``quality.json`` is rewritten atomically after every
 entry, and entries already there with the same settings are skipped, so the grid can be filled in
 over several sessions. ``quality.md`` (table, who wins) and ``quality.png`` are redrawn each time.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from grasprune.atomic import write_json_atomic, write_text_atomic
-from grasprune.config import METHODS, PruneConfig
+from grasprune.config import DEFAULT_VARIANT, METHODS, VARIANTS, PruneConfig
 from grasprune.evaluate import perplexity
 from grasprune.models import load_model
 from grasprune.pipeline import count_parameters, prune_run
@@ -32,14 +34,16 @@ from .quality_report import markdown, plot
 
 CALIB = "wikitext-2-tokenized/valid.txt#lines=0:50%"
 RESCALE = "wikitext-2-tokenized/valid.txt#lines=50%:100%"
-VARIANTS = {"off": (0,), "on": (1,), "both": (0, 1)}
+RESCALE_CHOICES = {"off": (0,), "on": (1,), "both": (0, 1)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
     p.add_argument("--methods", type=csv(), default=list(METHODS))
     p.add_argument("--keep-ratios", type=csv(float), default=[0.8, 0.7, 0.5])
-    p.add_argument("--rescale", choices=sorted(VARIANTS), default="both",
+    p.add_argument("--variants", type=csv(), default=["default", "paper"],
+                   help=f"GRASPrune gate-training variants ('default' = {DEFAULT_VARIANT}; one of {', '.join(VARIANTS)})")
+    p.add_argument("--rescale", choices=sorted(RESCALE_CHOICES), default="both",
                    help="baselines one-shot (off), with our scale calibration (on), or both")
     p.add_argument("--model", default=DENSE)
     p.add_argument("--calib-data", default=CALIB)
@@ -65,22 +69,29 @@ def planned(args: argparse.Namespace) -> list[dict]:
     """The settings of every entry to have, dense first: each is the entry's identity in quality.json."""
     evaluation = {"datasets": args.datasets, "seqlen": args.seqlen, "windows": args.limit_windows}
     grid = [{"model": args.model, "method": "dense", **evaluation}]
+    variants = [DEFAULT_VARIANT if v == "default" else v for v in args.variants]
     for keep in args.keep_ratios:
         for method in args.methods:
-            for rescale in (1,) if method == "grasprune" else VARIANTS[args.rescale]:
-                grid.append({
+            for rescale in (1,) if method == "grasprune" else RESCALE_CHOICES[args.rescale]:
+                entry = {
                     "model": args.model, "method": method, "keep_ratio": keep, "rescale_epochs": rescale,
                     "calib_data": args.calib_data, "rescale_data": args.rescale_data,
                     "calib_samples": args.calib_samples, "block_len": args.block_len, "epochs": args.epochs,
                     "rescale_samples": args.rescale_samples, "seed": args.seed, "dtype": args.dtype,
                     **evaluation,
-                })
+                }
+                if method != "grasprune":  # the variant matters only to the scale calibration
+                    grid.append({**entry, "variant": DEFAULT_VARIANT} if rescale else entry)
+                    continue
+                grid += [{**entry, "variant": variant} for variant in dict.fromkeys(variants)]
     return grid
 
 
 def label(settings: dict) -> str:
-    if settings["method"] in ("dense", "grasprune"):
-        return settings["method"]
+    if settings["method"] == "dense":
+        return "dense"
+    if settings["method"] == "grasprune":
+        return f"grasprune ({settings['variant']})"
     return settings["method"] + (" +scales" if settings["rescale_epochs"] else " one-shot")
 
 
@@ -102,10 +113,13 @@ def pruned_entry(settings: dict, args: argparse.Namespace) -> dict:
         calib_data=settings["calib_data"], calib_samples=settings["calib_samples"],
         block_len=settings["block_len"], epochs=settings["epochs"], rescale_data=settings["rescale_data"],
         rescale_samples=settings["rescale_samples"], rescale_epochs=settings["rescale_epochs"],
+        variant=settings.get("variant", DEFAULT_VARIANT),
         seed=settings["seed"], device="cpu", dtype=settings["dtype"], eval_datasets=settings["datasets"],
         eval_seqlen=settings["seqlen"], eval_windows=settings["windows"],
     )
     name = f"{settings['method']}-keep{settings['keep_ratio']}-rescale{settings['rescale_epochs']}"
+    if settings["method"] == "grasprune":
+        name += f"-{settings['variant']}"
     out = (args.runs_dir / "checkpoints" / name).resolve()
     run = create_run(config, root=args.runs_dir.resolve(), out=out)
     report = prune_run(run, overwrite=True)

@@ -63,20 +63,22 @@ def verdict(entries: list[dict], datasets: list[str]) -> list[str]:
     ratios = sorted({e["settings"]["keep_ratio"] for e in entries if "keep_ratio" in e["settings"]}, reverse=True)
     for keep in ratios:
         at = [e for e in entries if e["settings"].get("keep_ratio") == keep]
-        ours = next((e for e in at if e["settings"]["method"] == "grasprune"), None)
         baselines = [e for e in at if e["settings"]["method"] != "grasprune"]
-        for d in datasets:
-            scored = [e for e in baselines if d in e["metrics"]]
-            if ours is None or d not in ours["metrics"] or not scored:
-                continue
-            best = min(scored, key=lambda e: e["metrics"][d])
-            a, b = ours["metrics"][d], best["metrics"][d]
-            if a < b:
-                outcome = f"GRASPrune lowest, {b - a:.2f} below {best['label']} ({100 * (b - a) / b:.1f}%)"
-            else:
-                outcome = f"**baseline wins**: {best['label']} is {a - b:.2f} below GRASPrune ({100 * (a - b) / a:.1f}%)"
-            lines.append(f"- keep {keep:.2f}, {d}: GRASPrune {a:.2f} vs best baseline {b:.2f}: {outcome}")
+        for ours in (e for e in at if e["settings"]["method"] == "grasprune"):
+            for d in datasets:
+                scored = [e for e in baselines if d in e["metrics"]]
+                if d not in ours["metrics"] or not scored:
+                    continue
+                lines.append(f"- keep {keep:.2f}, {d}: " + _compare(ours, min(scored, key=lambda e: e["metrics"][d]), d))
     return lines or ["- no ratio has both GRASPrune and a baseline yet"]
+
+
+def _compare(ours: dict, best: dict, dataset: str) -> str:
+    a, b = ours["metrics"][dataset], best["metrics"][dataset]
+    head = f"{ours['label']} {a:.2f} vs best baseline {b:.2f}: "
+    if a < b:
+        return head + f"GRASPrune lowest, {b - a:.2f} below {best['label']} ({100 * (b - a) / b:.1f}%)"
+    return head + f"**baseline wins**: {best['label']} is {a - b:.2f} below GRASPrune ({100 * (a - b) / a:.1f}%)"
 
 
 def plot(entries: list[dict], path: Path) -> Path | None:
@@ -97,7 +99,10 @@ def plot(entries: list[dict], path: Path) -> Path | None:
                             for e in entries if e["label"] == name and d in e["metrics"])
             if points:
                 x, y = zip(*points, strict=True)
-                style = {"linewidth": 2.5, "color": "black"} if name == "grasprune" else {}
+                style = {}
+                if name.startswith("grasprune"):
+                    style = {"linewidth": 2.5, "color": "black" if "paper" not in name else "dimgrey"}
+                    style["linestyle"] = ":" if "paper" in name else "-"
                 ax.plot(x, y, marker="o", label=name, **style)
         dense = [e["metrics"][d] for e in entries if e["settings"]["method"] == "dense" and d in e["metrics"]]
         if dense:

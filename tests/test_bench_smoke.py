@@ -14,6 +14,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import gpu, quality, speed
+from grasprune.config import DEFAULT_VARIANT
 
 
 def quality_args(model_dir, tmp, *extra):
@@ -32,18 +33,20 @@ def quality_run(tiny_model_dir, tmp_path_factory):
 def test_quality_bench_writes_every_entry_with_its_numbers(quality_run):
     data = json.loads((quality_run / "results" / "quality.json").read_text())
     entries = {e["label"]: e for e in data["entries"]}
-    assert list(entries) == ["dense", "grasprune", "magnitude one-shot", "magnitude +scales"]
+    ours = f"grasprune ({DEFAULT_VARIANT})"
+    assert list(entries) == ["dense", ours, "grasprune (paper)", "magnitude one-shot", "magnitude +scales"]
     for entry in entries.values():
         assert math.isfinite(entry["metrics"]["wikitext2"]) and entry["metrics"]["wikitext2"] > 1
         assert entry["setting"]["threads"] >= 1 and entry["eval_dtype"]
-    for label in ("grasprune", "magnitude one-shot", "magnitude +scales"):
+    for label in (ours, "grasprune (paper)", "magnitude one-shot", "magnitude +scales"):
         assert 40.0 <= entries[label]["params"]["removed_pct_of_prunable"] < 60.0
     assert entries["magnitude one-shot"]["timing"]["rescale_s"] == 0.0
     assert entries["magnitude +scales"]["timing"]["rescale_s"] > 0.0
-    assert os.path.isdir(entries["grasprune"]["checkpoint"]) and entries["magnitude +scales"]["checkpoint"] is None
+    assert os.path.isdir(entries[ours]["checkpoint"]) and entries["magnitude +scales"]["checkpoint"] is None
+    assert entries["magnitude +scales"]["settings"]["variant"] == DEFAULT_VARIANT  # its scale calibration's
     table = (quality_run / "results" / "quality.md").read_text()
-    assert "| grasprune | 0.60 |" in table and "seqlen 32, first 2 windows" in table
-    assert "keep 0.60, wikitext2: GRASPrune" in table
+    assert f"| {ours} | 0.60 |" in table and "seqlen 32, first 2 windows" in table
+    assert f"keep 0.60, wikitext2: {ours}" in table and "keep 0.60, wikitext2: grasprune (paper)" in table
     assert (quality_run / "results" / "quality.png").stat().st_size > 10_000
 
 
@@ -67,8 +70,8 @@ def test_speed_bench_measures_overhead_stages_and_inference(quality_run, tiny_mo
     overhead = data["overhead"]
     assert overhead["ratio"] == pytest.approx(overhead["gate_step_median_s"] / overhead["plain_step_median_s"],
                                               rel=1e-2)
-    assert {s["label"] for s in data["stages"]} == {"grasprune", "magnitude one-shot", "magnitude +scales",
-                                                   "random one-shot"}
+    assert {s["label"] for s in data["stages"]} == {f"grasprune ({DEFAULT_VARIANT})", "grasprune (paper)",
+                                                   "magnitude one-shot", "magnitude +scales", "random one-shot"}
     dense, pruned = data["inference"]
     assert dense["method"] == "dense" and pruned["keep_ratio"] == 0.6
     for row in (dense, pruned):
