@@ -105,20 +105,11 @@ def _spread_tie_order(layout: UnitLayout) -> torch.Tensor:
     return torch.argsort(relative, stable=True)  # units are laid out by group, so equal positions stay in group order
 
 
-def project(probs: torch.Tensor, layout: UnitLayout, budget: int) -> torch.Tensor:
-    """The hard, budget-feasible mask (float 0/1) for gate probabilities ``probs``.
-
-    Every layer first gets its best FFN channel and best KV group (their cost reserved inside the
-    budget); the other units, ranked by probability (ties broken by ``layout.tie_order``), are kept
-    while the cumulative cost stays within what is left: the longest feasible prefix.
-    """
+def rank(probs: torch.Tensor, layout: UnitLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection's ranking: unit ids by probability, highest first (ties broken by
+    ``layout.tie_order``), and per unit whether it is its layer's best FFN channel or best KV group
+    (the units ``project`` reserves)."""
     device = probs.device
-    reserved = layout.minimum_params()
-    if reserved > budget:
-        raise UserError(
-            f"budget of {budget:,} parameters cannot keep one FFN channel and one KV group per layer "
-            f"({reserved:,} needed): raise --keep-ratio to at least {reserved / layout.prunable_params:.4f}"
-        )
     tie = layout.tie_order.to(device)
     order = tie[torch.sort(-probs.detach()[tie], stable=True).indices]
     position = torch.empty_like(order)
@@ -126,8 +117,24 @@ def project(probs: torch.Tensor, layout: UnitLayout, budget: int) -> torch.Tenso
     group = layout.group.to(device)
     best = torch.full((2 * layout.num_layers,), order.numel(), device=device, dtype=torch.long)
     best = best.scatter_reduce(0, group, position, reduce="amin")
-    forced = position == best[group]
-    cost = layout.cost.to(device)
+    return order, position == best[group]
+
+
+def project(probs: torch.Tensor, layout: UnitLayout, budget: int) -> torch.Tensor:
+    """The hard, budget-feasible mask (float 0/1) for gate probabilities ``probs``.
+
+    Every layer first gets its best FFN channel and best KV group (their cost reserved inside the
+    budget); the other units, ranked by probability (ties broken by ``layout.tie_order``), are kept
+    while the cumulative cost stays within what is left: the longest feasible prefix.
+    """
+    reserved = layout.minimum_params()
+    if reserved > budget:
+        raise UserError(
+            f"budget of {budget:,} parameters cannot keep one FFN channel and one KV group per layer "
+            f"({reserved:,} needed): raise --keep-ratio to at least {reserved / layout.prunable_params:.4f}"
+        )
+    order, forced = rank(probs, layout)
+    cost = layout.cost.to(probs.device)
     ranked_cost = torch.where(forced[order], 0, cost[order])
     fits = torch.cumsum(ranked_cost, 0) <= budget - reserved
     keep_ranked = fits | forced[order]

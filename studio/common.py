@@ -22,6 +22,7 @@ PAGES = {
     "inspect": "pages/inspect.py",
     "evaluate": "pages/evaluate.py",
     "export": "pages/export.py",
+    "explain": "pages/explain.py",
 }
 
 

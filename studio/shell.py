@@ -6,9 +6,10 @@ import streamlit as st
 
 from .common import PAGES, jobs, root, shown_errors
 
-TITLES = {"prune": "Prune", "runs": "Runs", "inspect": "Inspect", "evaluate": "Evaluate", "export": "Export"}
+TITLES = {"prune": "Prune", "runs": "Runs", "inspect": "Inspect", "evaluate": "Evaluate", "export": "Export",
+          "explain": "Explain"}
 ICONS = {"prune": ":material/content_cut:", "runs": ":material/list:", "inspect": ":material/grid_on:",
-         "evaluate": ":material/bar_chart:", "export": ":material/download:"}
+         "evaluate": ":material/bar_chart:", "export": ":material/download:", "explain": ":material/school:"}
 
 
 def sidebar() -> None:
