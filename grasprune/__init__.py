@@ -11,16 +11,24 @@ The library calls behind the CLI and the app:
 
 from __future__ import annotations
 
+import importlib
 import threading
 from pathlib import Path
 
 from .config import PruneConfig
 from .errors import UserError
-from .evaluate import perplexity
-from .export import load_pruned, save_pruned
-from .models import load_model
 
 __all__ = ["PruneConfig", "UserError", "load_model", "load_pruned", "perplexity", "prune", "save_pruned"]
+# imported on first use: `import grasprune` (and so every CLI call, bad input included) stays light
+_LAZY = {"perplexity": ".evaluate", "load_pruned": ".export", "save_pruned": ".export", "load_model": ".models"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 
 def prune(

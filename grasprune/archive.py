@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .atomic import write_atomic, write_json_atomic
 from .errors import UserError
-from .runs import Run, validate_run_id
+from .runs import Run, run_in_root
 
 ARCHIVE_NAME = "checkpoint.tar"
 INFO_NAME = "checkpoint.tar.json"
@@ -55,15 +55,20 @@ def archive_info(run: Run) -> ArchiveInfo | None:
     except (OSError, json.JSONDecodeError):
         return None
     checkpoint = run.output_dir()
-    if not path.is_file() or not checkpoint.is_dir() or info.get("files") != _fingerprint(checkpoint):
+    if not path.is_file() or path.is_symlink() or not checkpoint.is_dir():
+        return None
+    if info.get("files") != _fingerprint(checkpoint):
         return None
     if path.stat().st_size != info.get("size"):
         return None
     return ArchiveInfo(path, info["size"], info["sha256"], info["folder_name"])
 
 
-def build_archive(run: Run) -> ArchiveInfo:
-    """Write (or reuse) the archive of ``run``'s exported checkpoint."""
+def build_archive(run: Run, root: Path | None = None) -> ArchiveInfo:
+    """Write (or reuse) the archive of ``run``'s exported checkpoint; with ``root`` (the studio), only of a
+    checkpoint inside that runs folder."""
+    if root is not None:
+        check_servable(run, root)
     existing = archive_info(run)
     if existing is not None:
         return existing
@@ -89,16 +94,22 @@ def build_archive(run: Run) -> ArchiveInfo:
 
 
 def served_archive(root: Path, run_id: str) -> ArchiveInfo:
-    """The archive to serve for ``run_id``: the id validated, the path checked to stay in ``root``."""
-    validate_run_id(run_id)
-    root = Path(root).resolve()
-    folder = (root / run_id).resolve()
-    if folder.parent != root:
-        raise UserError(f"run {run_id} is not inside the runs folder")
-    info = archive_info(Run(folder))
-    if info is None or not info.path.resolve().is_relative_to(folder):
+    """The archive to serve for ``run_id``: the id validated, every path checked to stay in ``root``."""
+    run = run_in_root(run_id, root)
+    check_servable(run, root)
+    info = archive_info(run)
+    if info is None or info.path.resolve() != run.folder.resolve() / ARCHIVE_NAME:
         raise UserError(f"no archive for run {run_id}: prepare it on the Export page")
     return info
+
+
+def check_servable(run: Run, root: Path) -> None:
+    """The studio serves only files inside the runs folder: the run folder and its checkpoint."""
+    root = Path(root).resolve()
+    checkpoint = run.output_dir().resolve()
+    if run.folder.resolve().parent != root or not checkpoint.is_relative_to(root):
+        raise UserError(f"run {run.id}'s checkpoint {checkpoint} is outside the runs folder {root}: the studio "
+                        "serves only files inside it (the checkpoint is already a folder on disk)")
 
 
 def load_snippet(info: ArchiveInfo) -> str:

@@ -13,6 +13,13 @@ from .config import CPU_DEFAULTS, DEFAULT_CALIB, DEFAULT_RESCALE, GPU_DEFAULTS, 
 from .errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit code 2, like every other bad input (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _ratio(text: str) -> float:
     try:
         return float(text)
@@ -98,6 +105,11 @@ def run_prune(args) -> int:
         out = Path(args.out).resolve() if args.out else None
         if out is not None and out.exists() and not args.overwrite:
             raise UserError(f"output folder {out} exists: pass --overwrite or another --out")
+        from .data import check_sources
+        from .models import check_model_spec
+
+        check_model_spec(resolved.model, resolved.trust_remote_code, resolved.allow_pickle)
+        check_sources([resolved.calib_data, resolved.rescale_data], resolved.eval_datasets)
         config_defaults_note(resolved)
         run = create_run(config, Path(args.runs_dir).resolve() if args.runs_dir else None, out)
     print(f"run folder: {run.folder}", file=sys.stderr)
@@ -214,7 +226,7 @@ COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grasprune", description=__doc__)
+    parser = _Parser(prog="grasprune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_prune_parser(sub)
     add_ppl_parser(sub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ class PruneConfig:
         device = resolve_device(self.device)
         defaults = GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS
         if self.variant not in VARIANTS:
-            raise UserError(f"unknown variant '{self.variant}': choose one of {', '.join(VARIANTS)}")
+            raise UserError(f"unknown variant {_show(self.variant)}: choose one of {', '.join(VARIANTS)}")
         defaults = {**defaults, **VARIANTS[self.variant]}
         filled = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()}
         if self.rescale_distill is None:
@@ -85,10 +86,26 @@ class PruneConfig:
         return config
 
     def validate(self) -> None:
-        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < float(self.keep_ratio) <= 1.0:
-            raise UserError(f"keep ratio {self.keep_ratio} is outside (0, 1]: pass --keep-ratio between 0 and 1")
+        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
+            raise UserError(f"keep ratio {_show(self.keep_ratio)} is outside (0, 1]: pass --keep-ratio between 0 "
+                            "and 1")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise UserError("no model given: pass --model smollm2-135m, a hub id, a folder or a .gguf file")
         if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+            raise UserError(f"unknown method {_show(self.method)}: choose one of {', '.join(METHODS)}")
+        for name in ("lr", "rescale_lr", "tau", "tau_end", "warmup", "distill", "rescale_distill"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, int) and not math.isfinite(value):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number (got {value})")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be from 0 to {2**32 - 1} (got {_show(self.seed)})")
+        if self.eval_seqlen < 2:
+            raise UserError(f"--eval-seqlen must be at least 2 (got {self.eval_seqlen})")
+        if self.eval_windows is not None and self.eval_windows < 1:
+            raise UserError(f"--eval-windows must be at least 1 (got {self.eval_windows})")
+        if any(not name.strip() or "," in name for name in self.eval_datasets):
+            raise UserError(f"bad evaluation dataset in {_show(self.eval_datasets)}: pass --eval wikitext2,ptb "
+                            "(names or files, comma-separated) or none")
         for name in ("calib_samples", "block_len", "epochs", "rescale_samples", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -102,7 +119,7 @@ class PruneConfig:
             if value is not None and not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
         if self.score_init is not None and self.score_init not in SCORE_INITS:
-            raise UserError(f"unknown --score-init '{self.score_init}': choose one of {', '.join(SCORE_INITS)}")
+            raise UserError(f"unknown --score-init {_show(self.score_init)}: choose one of {', '.join(SCORE_INITS)}")
         if self.warmup is not None and not 0 <= self.warmup < 1:
             raise UserError(f"--warmup is a fraction of the steps in [0, 1) (got {self.warmup})")
         for name in ("distill", "rescale_distill"):
@@ -123,7 +140,7 @@ class PruneConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for key, value in data.items():
             if key not in fields:
-                raise UserError(f"unknown config key '{key}': known keys are {', '.join(fields)}")
+                raise UserError(f"unknown config key {_show(key)}: known keys are {', '.join(fields)}")
             _check_type(key, value, fields[key].type)
         return cls(**data)
 
@@ -133,6 +150,9 @@ class PruneConfig:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except json.JSONDecodeError as err:
             raise UserError(f"config {path} is not valid JSON (line {err.lineno}): fix or regenerate it") from err
+        except (UnicodeDecodeError, RecursionError) as err:
+            why = "nested too deeply" if isinstance(err, RecursionError) else "not UTF-8"
+            raise UserError(f"config {path} is not valid JSON ({why}): fix or regenerate it") from err
         except OSError as err:
             raise UserError(f"cannot read config {path}: {err.strerror}") from err
 
@@ -153,7 +173,13 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
     if ok and annotation == "list[str]":
         ok = all(isinstance(v, str) for v in value)
     if not ok:
-        raise UserError(f"config key '{key}' must be {annotation}, got {type(value).__name__} ({value!r})")
+        raise UserError(f"config key '{key}' must be {annotation}, got {type(value).__name__} ({_show(value)})")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A user's value in a one-line message: quoted, escaped, cut to ``limit`` characters."""
+    text = repr(value) if isinstance(value, str) else repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def resolve_device(device: str) -> str:
@@ -162,7 +188,7 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("CUDA is not available on this machine: pass --device cpu")
     if device != "cpu" and not device.startswith("cuda"):
-        raise UserError(f"unknown device '{device}': pass cpu, cuda or cuda:N")
+        raise UserError(f"unknown device {_show(device)}: pass cpu, cuda or cuda:N")
     return device
 
 
@@ -179,7 +205,7 @@ def has_bf16_matmul(device: str) -> bool:
 
 def resolve_dtype_name(dtype: str, device: str) -> str:
     if dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+        raise UserError(f"unknown dtype {_show(dtype)}: choose one of {', '.join(DTYPES)}")
     if dtype == "auto":
         return "bf16" if has_bf16_matmul(device) else "fp32"
     return dtype

@@ -20,6 +20,7 @@ import torch
 from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TEXT_SUFFIXES = (".txt", ".raw", ".tokens", ".text", ".md", ".jsonl", ".parquet")
 SLICE = re.compile(r"^(?P<base>.+?)#lines=(?P<start>\d+%?)?:(?P<end>\d+%?)?$")
 
 
@@ -84,6 +85,14 @@ def read_source(spec: str, purpose: str = "calibration") -> TextSource:
     return TextSource(rows=rows, joiner=joiner, origin=origin)
 
 
+def check_sources(calibration: list[str], evaluation: list[str]) -> None:
+    """Read every text source a run will use, so a missing or malformed one fails before the run starts."""
+    for spec in calibration:
+        read_source(spec, "calibration")
+    for spec in evaluation:
+        read_source(spec, "evaluation")
+
+
 def _split_slice(spec: str) -> tuple[str, _RowSlice]:
     match = SLICE.match(spec)
     if not match:
@@ -121,6 +130,8 @@ def _resolve_path(base: str, purpose: str) -> Path | None:
         return named
     for candidate in (Path(base).expanduser(), data_root() / base):
         if candidate.is_file():
+            if candidate.suffix.lower() not in TEXT_SUFFIXES:
+                raise UserError(f"data file {base} is not a text file: pass a {', '.join(TEXT_SUFFIXES)} file")
             return candidate.resolve()
         if candidate.exists():
             raise UserError(f"data '{base}' is not a file: pass a .txt, .jsonl or .parquet file")

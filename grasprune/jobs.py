@@ -64,6 +64,7 @@ class JobRegistry:
 
     def submit(self, run: Run, root: Path) -> Job:
         """Queue ``run`` (new, stopped, interrupted or failed); refuse one already queued or running."""
+        check_writes_inside(run, root)
         status = run.status().get("status")
         with self._lock:
             if self._closed:
@@ -186,6 +187,18 @@ class JobRegistry:
                 self._procs.pop(job.run_id, None)
                 job.state, job.ended, job.returncode = "finished", time.time(), returncode
                 self._lock.notify_all()
+
+
+def check_writes_inside(run: Run, root: Path) -> None:
+    """A job writes only inside the runs folder: its run folder and its checkpoint (a CLI run with an
+    ``--out`` elsewhere resumes from the CLI)."""
+    root = Path(root).resolve()
+    if run.folder.resolve().parent != root:
+        raise UserError(f"run {run.id} is not inside the runs folder {root}")
+    out = run.output_dir().resolve()
+    if not out.is_relative_to(root):
+        raise UserError(f"run {run.id} writes its checkpoint to {out}, outside the runs folder {root}: resume it "
+                        f"with `grasprune prune --resume {run.folder}`")
 
 
 def device_key(run: Run) -> str:

@@ -124,6 +124,28 @@ def _check_local_folder(folder: Path, trust_remote_code: bool, allow_pickle: boo
         )
 
 
+def check_model_spec(spec: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+    """The refusals ``load_model`` makes before it reads a weight (or asks the Hub): a local path resolved
+    and of the right kind (a ``.gguf`` file or a model folder), safetensors weights unless pickle is
+    allowed, no custom code unless trusted; anything else must look like a hub id."""
+    spec = str(spec).strip()
+    if not spec:
+        raise UserError("no model given: pass --model smollm2-135m, a hub id, a folder or a .gguf file")
+    if spec == EMBEDDED_ALIAS:
+        return
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        if not path.resolve().is_file():
+            raise UserError(f"GGUF file not found: {spec}")
+    elif path.exists():
+        if not is_pruned_folder(path.resolve()):
+            _check_local_folder(path.resolve(), trust_remote_code, allow_pickle)
+    elif not HUB_ID.match(spec):
+        raise UserError(
+            f"unknown model '{spec}': pass {EMBEDDED_ALIAS}, a hub id (owner/name), a local folder or a .gguf file"
+        )
+
+
 def _load_from_hub(spec: str, dtype, device, trust_remote_code: bool, allow_pickle: bool):
     if not HUB_ID.match(spec):
         raise UserError(

@@ -21,7 +21,7 @@ from .config import PruneConfig
 from .errors import UserError
 from .events import EventLog, read_events
 
-RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")  # \Z: "$" would accept a trailing newline
 FINAL = ("completed", "failed", "stopped")
 
 
@@ -133,11 +133,26 @@ def open_run(ref: str | Path, root: Path | None = None) -> Run:
     return Run(folder)
 
 
+def run_in_root(run_id: str, root: Path | None = None) -> Run:
+    """A run by id alone, for ids that come from a page, a link or a route: the id is validated and
+    the folder must be a real child of the runs folder (no path, no symlink out of it)."""
+    root = (root or runs_root()).resolve()
+    validate_run_id(run_id)
+    folder = root / run_id
+    if folder.resolve().parent != root:
+        raise UserError(f"run {run_id} is not inside the runs folder {root}")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"no run {run_id} in {root}")
+    return Run(folder)
+
+
 def list_runs(root: Path | None = None) -> list[Run]:
-    root = root or runs_root()
+    """The run folders directly inside ``root`` (a symlink to a folder elsewhere is not one)."""
+    root = (root or runs_root()).resolve()
     if not root.is_dir():
         return []
-    runs = [Run(p) for p in root.iterdir() if p.is_dir() and RUN_ID.match(p.name) and (p / "config.json").is_file()]
+    runs = [Run(p) for p in root.iterdir()
+            if RUN_ID.match(p.name) and p.is_dir() and p.resolve().parent == root and (p / "config.json").is_file()]
     return sorted(runs, key=lambda r: r.id, reverse=True)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from grasprune.archive import archive_info, build_archive, load_snippet
-from studio.common import pick_completed_run, size
+from grasprune.archive import archive_info, build_archive, check_servable, load_snippet
+from grasprune.errors import UserError
+from studio.common import pick_completed_run, root, size
 from studio.routes import download_url
 
 
@@ -15,13 +16,18 @@ def main() -> None:
     run = pick_completed_run("export_run", "a run's checkpoint is exported when it completes")
     if run is None:
         return
+    try:
+        check_servable(run, root())
+    except UserError as err:
+        st.warning(str(err))
+        return
     folder = run.output_dir()
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     st.caption(f"Checkpoint folder `{folder}`: {len(files)} files, {size(sum(p.stat().st_size for p in files))}")
     info = archive_info(run)
     if info is None and st.button("Prepare the archive", key="export_prepare", type="primary"):
         with st.spinner("Writing the archive (once; later downloads reuse it)…"):
-            info = build_archive(run)
+            info = build_archive(run, root())
     if info is None:
         st.caption("The archive is a .tar of the checkpoint folder, written once into the run folder.")
         return

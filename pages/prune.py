@@ -8,10 +8,10 @@ import torch
 from grasprune.budget_preview import BudgetPreview, preview
 from grasprune.cli_command import prune_command
 from grasprune.config import DEFAULT_CALIB, DEFAULT_RESCALE, DEFAULT_VARIANT, METHODS, VARIANTS, PruneConfig
-from grasprune.data import read_source
+from grasprune.data import check_sources
 from grasprune.errors import UserError
 from grasprune.evaluate import EVAL_DATASETS
-from grasprune.models import EMBEDDED_ALIAS
+from grasprune.models import EMBEDDED_ALIAS, check_model_spec
 from grasprune.runs import create_run
 from studio.common import attach, attached_run_id, jobs, root, shown_errors
 from studio.defaults import QUICK
@@ -102,14 +102,15 @@ def config_form() -> PruneConfig:
 
 
 def check(config: PruneConfig) -> None:
-    """Everything the job would refuse, refused here with the same one-line message."""
+    """Everything the job would refuse, refused here with the same one-line message. Model and data paths
+    are the user's own files (the studio binds to localhost): resolved and checked, never served."""
     config.resolved()
+    check_model_spec(config.model, config.trust_remote_code, config.allow_pickle)
     found, error = cached_preview(config.model)
     if error:
         raise UserError(error)
     found.check(config.keep_ratio)
-    read_source(config.calib_data, "calibration")
-    read_source(config.rescale_data, "calibration")
+    check_sources([config.calib_data, config.rescale_data], config.eval_datasets)
 
 
 def start(config: PruneConfig) -> None:

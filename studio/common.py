@@ -12,7 +12,7 @@ import streamlit as st
 
 from grasprune.errors import UserError
 from grasprune.jobs import JobRegistry, registry
-from grasprune.runs import Run, list_runs, open_run, runs_root
+from grasprune.runs import Run, list_runs, run_in_root, runs_root
 from grasprune.timeline import Timeline
 
 LOG = logging.getLogger("grasprune.studio")
@@ -49,12 +49,13 @@ def jobs() -> JobRegistry:
 
 
 def attached_run_id() -> str | None:
-    """The run named by ``?run=<id>`` if it exists (an invalid or stale link is reported, not raised)."""
+    """The run named by ``?run=<id>`` if it is a run inside the runs folder (an invalid or stale link, a
+    path or a symlink out of the folder is reported, not raised)."""
     run_id = st.query_params.get("run")
     if not run_id:
         return None
     try:
-        open_run(run_id, root())
+        run_in_root(run_id, root())
     except UserError as err:
         st.warning(f"{err}: showing no run")
         return None
@@ -72,10 +73,10 @@ def pick_run(label: str, runs: list[Run], key: str) -> Run | None:
     ids = [r.id for r in runs]
     current = st.query_params.get("run")
     index = ids.index(current) if current in ids else 0
-    chosen = st.selectbox(label, ids, index=index, key=key, format_func=lambda i: describe(open_run(i, root())))
+    chosen = st.selectbox(label, ids, index=index, key=key, format_func=lambda i: describe(run_in_root(i, root())))
     if chosen != current:
         attach(chosen)
-    return open_run(chosen, root())
+    return run_in_root(chosen, root())
 
 
 def completed_runs() -> list[Run]:

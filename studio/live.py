@@ -14,7 +14,7 @@ import streamlit as st
 
 from grasprune.cli_command import prune_command
 from grasprune.jobs import LOG_NAME, process_rss
-from grasprune.runs import Run, open_run
+from grasprune.runs import Run, run_in_root
 from grasprune.timeline import PHASE_LABELS, PHASES, Timeline
 
 from . import charts
@@ -31,7 +31,7 @@ def is_active(run: Run) -> bool:
 
 
 def live_view(run_id: str) -> None:
-    run = open_run(run_id, root())
+    run = run_in_root(run_id, root())
     if is_active(run):
         _live_fragment(run_id)
     else:
@@ -40,7 +40,7 @@ def live_view(run_id: str) -> None:
 
 @st.fragment(run_every=1)
 def _live_fragment(run_id: str) -> None:
-    run = open_run(run_id, root())
+    run = run_in_root(run_id, root())
     if not is_active(run):
         st.rerun(scope="app")  # the run ended: draw it once, statically (with its Resume button)
     with shown_errors():

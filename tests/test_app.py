@@ -1,5 +1,5 @@
-"""The studio's pages through Streamlit's AppTest: forms, bad input, live view, runs, inspect,
-evaluate and export, on a tiny model in a temporary runs folder."""
+"""The studio's pages through Streamlit's AppTest: forms, live view, runs, inspect, evaluate and export,
+on a tiny model in a temporary runs folder (bad input: test_bad_inputs.py; paths: test_security.py)."""
 
 from __future__ import annotations
 
@@ -90,31 +90,6 @@ def test_budget_preview_follows_the_slider(runs_dir, tiny_model_dir):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Removed of prunable"] == "50.0%"
     assert metrics["Parameters after (at most)"] == "6.36 M"  # 6,420,928 - 64,512
-
-
-@pytest.mark.parametrize(
-    "field, value, message",
-    [
-        ("model", "no-such-model", "unknown model 'no-such-model'"),
-        ("model", "someone/missing-model", "cannot read the config of model"),
-        ("keep_ratio", 0.05, "is impossible for this model"),
-        ("calib", "/nonexistent/calibration.txt", "data file not found"),
-    ],
-)
-def test_bad_input_shows_a_message_and_starts_nothing(runs_dir, tiny_model_dir, field, value, message):
-    at = app()
-    at.text_input(key="prune_model").set_value(str(tiny_model_dir)).run()
-    if field == "model":
-        at.text_input(key="prune_model").set_value(value).run()
-    elif field == "keep_ratio":
-        at.slider(key="prune_keep_ratio").set_value(value).run()
-    else:
-        at.selectbox(key="prune_calib_choice").set_value("custom").run()
-        at.text_input(key="prune_calib_custom").set_value(value).run()
-    at.button(key="prune_start").click().run()
-    assert any(message in e for e in errors(at)), errors(at)
-    assert list_runs(runs_dir) == []
-    assert "run" not in at.query_params
 
 
 def test_start_attaches_the_run_and_the_live_view_follows_it_to_the_end(runs_dir, tiny_model_dir):

@@ -6,22 +6,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tarfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bench.memory_soak import CHROMIUM, CHROMIUM_ARGS, serve_studio
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 SCREENSHOT = REPO / "docs" / "screenshots" / "live-view.png"
 
 
@@ -35,43 +31,11 @@ def ensure_chromium() -> None:
         pytest.skip("Debian's chromium is not installed and could not be installed (run `make browser` as root)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     """``streamlit run app.py`` on a free port with its own runs folder, as Streamlit's e2e suite starts it."""
-    port = free_port()
-    runs = tmp_path / "runs"
-    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - the server's lifetime is the fixture's
-    env = {**os.environ, "GRASPRUNE_RUNS": str(runs), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-         str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
-        time.sleep(0.5)
-    yield url, runs
-    os.killpg(proc.pid, 15)  # SIGTERM: the server stops its jobs on exit
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-    log.close()
+    with serve_studio(tmp_path / "runs", tmp_path / "streamlit.log") as (url, _):
+        yield url, tmp_path / "runs"
 
 
 def settle(page, timeout: float = 60_000) -> None:

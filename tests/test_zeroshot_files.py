@@ -1,4 +1,5 @@
-"""Malformed zero-shot task files fail with one line naming the file and the line."""
+"""Malformed zero-shot task files fail with one line naming the file and the line (single-row cases are in
+test_bad_inputs.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from grasprune.data import data_root
-from grasprune.errors import UserError
 from grasprune.zeroshot_tasks import LOCAL_SOURCES, load_task
 
 GOOD_ARC = {"query": "Question: Why?", "choices": ["a", "b", "c", "d"], "gold": 2}
@@ -26,27 +26,6 @@ def jsonl(*rows) -> str:
     return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
 
 
-@pytest.mark.parametrize(
-    ("row", "problem"),
-    [
-        ({"choices": ["a", "b"], "gold": 0}, "field 'query' is missing"),
-        ({**GOOD_ARC, "choices": "a"}, "field 'choices' is missing or not a non-empty list"),
-        ({**GOOD_ARC, "gold": 4}, "label 4 out of range for 4 choices"),
-        ({**GOOD_ARC, "gold": -1}, "label -1 out of range"),
-        ({**GOOD_ARC, "gold": "1"}, "field 'gold' is missing or not an integer"),
-        ({**GOOD_ARC, "query": "Why?"}, "does not start with 'Question: '"),
-        ('{"query": "Question: x", ', "not valid JSON"),
-        ("[1, 2]", "expected a JSON object"),
-    ],
-)
-def test_bad_arc_row_names_file_and_line(tmp_path, row, problem):
-    path = write(tmp_path, "arc_easy", jsonl(GOOD_ARC, GOOD_ARC, row))
-    with pytest.raises(ValueError, match="line 3") as info:
-        load_task("arc_easy", data_root_dir=tmp_path)
-    message = str(info.value)
-    assert message.startswith(f"{path}, line 3: ") and problem in message and "\n" not in message
-
-
 @pytest.mark.parametrize("task", sorted(LOCAL_SOURCES))
 def test_empty_file_is_an_error_at_line_1(tmp_path, task):
     path = write(tmp_path, task, "")
@@ -54,19 +33,6 @@ def test_empty_file_is_an_error_at_line_1(tmp_path, task):
         (path.parent / "valid-labels.lst").write_text("0\n")
     with pytest.raises(ValueError, match=f"^{path}, line 1: file is empty$"):
         load_task(task, data_root_dir=tmp_path)
-
-
-def test_winogrande_label_out_of_range(tmp_path):
-    row = {"context_options": ["A so B", "A so C"], "continuation": "won.", "gold": 2}
-    path = write(tmp_path, "winogrande", jsonl(row))
-    with pytest.raises(ValueError, match=f"^{path}, line 1: label 2 out of range for 2 choices$"):
-        load_task("winogrande", data_root_dir=tmp_path)
-
-
-def test_boolq_needs_the_passage_prefix(tmp_path):
-    path = write(tmp_path, "boolq", jsonl({"query": "Question: is it?", "choices": ["no", "yes"], "gold": 1}))
-    with pytest.raises(ValueError, match=f"^{path}, line 1: field 'query' does not start with 'Passage: '$"):
-        load_task("boolq", data_root_dir=tmp_path)
 
 
 def test_piqa_labels_must_match_the_questions(tmp_path):
@@ -104,13 +70,6 @@ def test_hellaswag_capitalises_the_lower_case_tail_as_lm_eval_does(tmp_path):
     assert (
         query == "Label: A man sits. He lifts the atv"
     )  # str.capitalize lower-cases the rest, as in lm-eval
-
-
-def test_missing_data_and_unknown_task_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="not found at .*GRASPRUNE_DATA"):
-        load_task("openbookqa", data_root_dir=tmp_path)
-    with pytest.raises(UserError, match="unknown zero-shot task 'mmlu'"):
-        load_task("mmlu")
 
 
 def test_data_root_follows_grasprune_data(tmp_path, monkeypatch):
