@@ -57,6 +57,12 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--device", help="cpu, cuda or auto (default)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="frozen backbone precision (default auto)")
     p.add_argument("--checkpoint-every", type=int, help="gate checkpoint interval in steps")
+    p.add_argument("--device-map", help="spread the model over devices (accelerate): auto, balanced or a "
+                                        "JSON file {module: device}; CPU/disk offload where GPUs are full")
+    p.add_argument("--fsdp", action="store_true", default=None,
+                   help="under torchrun: shard the frozen model over the processes (FSDP)")
+    p.add_argument("--batch-blocks", type=int, help="calibration blocks per step (default 1), split over "
+                                                   "torchrun's processes")
     p.add_argument("--eval", dest="eval_datasets", help="comma-separated ppl datasets after export, or 'none'")
     p.add_argument("--eval-seqlen", type=int)
     p.add_argument("--eval-windows", type=int)
@@ -77,7 +83,8 @@ def config_from_args(args) -> PruneConfig:
                      "rescale_data", "rescale_samples", "rescale_epochs", "lr", "tau", "seed", "device", "dtype",
                      "variant", "score_init", "tau_end", "warmup", "distill", "distill_topk", "rescale_distill",
                      "rescale_lr",
-                     "checkpoint_every", "eval_seqlen", "eval_windows", "trust_remote_code", "allow_pickle")
+                     "checkpoint_every", "eval_seqlen", "eval_windows", "trust_remote_code", "allow_pickle",
+                     "device_map", "fsdp", "batch_blocks")
         if getattr(args, name) is not None
     }
     if args.ratio is not None:
@@ -91,9 +98,12 @@ def config_from_args(args) -> PruneConfig:
 
 
 def run_prune(args) -> int:
+    from .distributed import follow_rank0, join_process_group, share_run
     from .pipeline import prune_run
     from .runs import create_run, open_run
 
+    if not join_process_group().is_main:  # under torchrun: ranks 1.. follow rank 0's run
+        return follow_rank0(prune_run, _stop_on_signals)
     if args.resume:
         run = open_run(args.resume, Path(args.runs_dir).resolve() if args.runs_dir else None)
         config = run.config()
@@ -112,6 +122,7 @@ def run_prune(args) -> int:
         check_sources([resolved.calib_data, resolved.rescale_data], resolved.eval_datasets)
         config_defaults_note(resolved)
         run = create_run(config, Path(args.runs_dir).resolve() if args.runs_dir else None, out)
+    share_run(run)
     print(f"run folder: {run.folder}", file=sys.stderr)
     stop = threading.Event()
     _stop_on_signals(stop)

@@ -37,6 +37,7 @@ DEFAULT_VARIANT = "distill"
 # Paper settings on a GPU; a CPU-sized protocol that finishes in minutes otherwise.
 GPU_DEFAULTS = {"calib_samples": 512, "block_len": 512, "epochs": 4, "rescale_samples": 128}
 CPU_DEFAULTS = {"calib_samples": 64, "block_len": 256, "epochs": 2, "rescale_samples": 64}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
 
 @dataclass
@@ -70,6 +71,9 @@ class PruneConfig:
     eval_windows: int | None = 64
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    device_map: str | None = None  # accelerate's big-model placement: a DEVICE_MAPS name or a JSON file
+    fsdp: bool = False  # shard the frozen backbone across the torchrun ranks (FSDP2)
+    batch_blocks: int = 1  # calibration blocks per step: the global batch, split across the ranks
 
     def resolved(self) -> PruneConfig:
         """A copy with the device, dtype and size defaults filled in, validated."""
@@ -106,10 +110,18 @@ class PruneConfig:
         if any(not name.strip() or "," in name for name in self.eval_datasets):
             raise UserError(f"bad evaluation dataset in {_show(self.eval_datasets)}: pass --eval wikitext2,ptb "
                             "(names or files, comma-separated) or none")
-        for name in ("calib_samples", "block_len", "epochs", "rescale_samples", "checkpoint_every"):
+        for name in ("calib_samples", "block_len", "epochs", "rescale_samples", "checkpoint_every",
+                     "batch_blocks"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.device_map is not None and self.device_map not in DEVICE_MAPS and \
+                not Path(self.device_map).expanduser().is_file():
+            raise UserError(f"--device-map {self.device_map!r} is neither {', '.join(DEVICE_MAPS)} nor a "
+                            "JSON file")
+        if self.device_map is not None and self.fsdp:
+            raise UserError("--device-map and --fsdp exclude each other: a device map splits one replica "
+                            "over devices, FSDP shards it over processes")
         if self.rescale_epochs < 0:
             raise UserError(f"--rescale-epochs must be 0 or more (got {self.rescale_epochs})")
         if self.block_len is not None and self.block_len < 2:

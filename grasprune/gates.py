@@ -5,6 +5,9 @@ FFN ``down_proj(act(gate(x)) * up(x) * z)`` (a pre-hook on ``down_proj``); a KV 
 both the keys (after ``k_norm`` where the family has one) and the values of its group. A group with
 factor 0 has all-zero keys over all-zero values, so its heads output exactly zero and the gated model
 equals the sliced one.
+
+Under a device map each layer's factors are placed on that layer's execution device (its slice of the
+flat vector is copied there, differentiably), so the hooks multiply on the activations' own device.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .adapters import ModelAdapter
+from .placement import execution_device
 from .units import UnitLayout
 
 
@@ -26,6 +30,8 @@ class Gates:
         self._kv: list[torch.Tensor | None] = [None] * layout.num_layers
         self._key: list[torch.Tensor | None] = [None] * layout.num_layers
         self._handles = []
+        fallback = next(adapter.model.parameters()).device
+        self.devices = [execution_device(layer, fallback) for layer in adapter.model.model.layers]
         for i, view in enumerate(adapter.views):
             self._handles.append(view.down.register_forward_pre_hook(self._ffn_hook(i)))
             self._handles.append(view.key_output.register_forward_hook(self._kv_hook(self._key, i)))
@@ -43,9 +49,10 @@ class Gates:
             return
         key_parts = self.layout.split(factors if key_factors is None else key_factors)
         for i, (ffn, kv) in enumerate(self.layout.split(factors)):
-            self._ffn[i] = ffn
-            self._kv[i] = kv.repeat_interleave(self.head_dim)
-            self._key[i] = key_parts[i][1].repeat_interleave(self.head_dim)
+            device = self.devices[i]
+            self._ffn[i] = ffn.to(device)
+            self._kv[i] = kv.to(device).repeat_interleave(self.head_dim)
+            self._key[i] = key_parts[i][1].to(device).repeat_interleave(self.head_dim)
 
     def snapshot(self) -> tuple[list, list, list]:
         return list(self._ffn), list(self._kv), list(self._key)
@@ -69,7 +76,7 @@ class Gates:
             z = self._ffn[layer]
             if z is None:
                 return None
-            return (args[0] * z.to(args[0].dtype),) + tuple(args[1:])
+            return (args[0] * z.to(args[0].device, args[0].dtype),) + tuple(args[1:])
 
         return hook
 
@@ -78,9 +85,10 @@ class Gates:
             z = slots[layer]
             if z is None:
                 return None
+            z = z.to(output.device, output.dtype)
             if output.shape[-1] == z.numel():  # k_proj / v_proj output: (..., groups * head_dim)
-                return output * z.to(output.dtype)
+                return output * z
             # k_norm output: (..., groups, head_dim)
-            return output * z.view(-1, self.head_dim).to(output.dtype)
+            return output * z.view(-1, self.head_dim)
 
         return hook

@@ -57,10 +57,14 @@ def load_model(
     device: str = "cpu",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device_map: str | dict | None = None,
+    offload_folder: str | None = None,
 ):
     """Return ``(model, tokenizer)`` for any model spec; the model is in eval mode on ``device``.
 
-    ``dtype=None`` keeps the checkpoint's own dtype (GGUF dequantises to float32).
+    ``dtype=None`` keeps the checkpoint's own dtype (GGUF dequantises to float32). ``device_map``
+    (``"auto"``, ``"balanced"``, ``{module: device}``, ``"meta"``) loads through accelerate's big-model
+    loading instead: layers spread over the devices, CPU or disk offload where they do not fit.
     """
     spec = str(spec).strip()
     if not spec:
@@ -77,15 +81,21 @@ def load_model(
         if is_pruned_folder(folder):
             from .export import load_pruned
 
+            if device_map is not None:
+                raise UserError(f"{folder} is a pruned checkpoint: it loads on one device (drop "
+                                "--device-map)")
             model, tokenizer = load_pruned(folder, dtype=dtype, device=device)
             return model, tokenizer
         _check_local_folder(folder, trust_remote_code, allow_pickle)
     else:
-        return _load_from_hub(spec, dtype, device, trust_remote_code, allow_pickle)
-    return _from_folder(folder, dtype, device, trust_remote_code, use_safetensors=not allow_pickle)
+        return _load_from_hub(spec, dtype, device, trust_remote_code, allow_pickle, device_map,
+                              offload_folder)
+    return _from_folder(folder, dtype, device, trust_remote_code, not allow_pickle, device_map,
+                        offload_folder)
 
 
-def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, use_safetensors: bool):
+def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, use_safetensors: bool, device_map=None,
+                 offload_folder=None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -95,9 +105,10 @@ def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, use_safet
         dtype=dtype or "auto",
         trust_remote_code=trust_remote_code,
         use_safetensors=use_safetensors if use_safetensors else None,
+        **({"device_map": device_map, "offload_folder": offload_folder} if device_map is not None else {}),
     )
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), tokenizer
+    return (model if device_map is not None else model.to(device)).eval(), tokenizer
 
 
 def _check_local_folder(folder: Path, trust_remote_code: bool, allow_pickle: bool) -> None:
@@ -146,7 +157,8 @@ def check_model_spec(spec: str, trust_remote_code: bool = False, allow_pickle: b
         )
 
 
-def _load_from_hub(spec: str, dtype, device, trust_remote_code: bool, allow_pickle: bool):
+def _load_from_hub(spec: str, dtype, device, trust_remote_code: bool, allow_pickle: bool, device_map=None,
+                   offload_folder=None):
     if not HUB_ID.match(spec):
         raise UserError(
             f"unknown model '{spec}': pass {EMBEDDED_ALIAS}, a hub id (owner/name), a local folder or a .gguf file"
@@ -163,7 +175,8 @@ def _load_from_hub(spec: str, dtype, device, trust_remote_code: bool, allow_pick
             f"could not provide it ({type(err).__name__})"
         ) from err
     _check_local_folder(folder, trust_remote_code, allow_pickle)
-    return _from_folder(folder, dtype, device, trust_remote_code, use_safetensors=not allow_pickle)
+    return _from_folder(folder, dtype, device, trust_remote_code, not allow_pickle, device_map,
+                        offload_folder)
 
 
 def _converted_gguf_folder(gguf: Path) -> Path:

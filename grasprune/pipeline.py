@@ -14,13 +14,14 @@ from safetensors.torch import load_file, save_file
 
 from .adapters import ModelAdapter
 from .atomic import write_atomic, write_json_atomic
-from .config import PruneConfig, torch_dtype
+from .config import PruneConfig
 from .data import calibration_blocks
+from .distributed import world
 from .errors import UserError
 from .evaluate import perplexity
 from .export import load_pruned, save_pruned
 from .gates import Gates
-from .models import load_model
+from .placement import load_for_training
 from .runs import Run
 from .train import (
     LoopConfig,
@@ -87,8 +88,8 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
         raise UserError(f"output folder {out_dir} exists: pass --overwrite or another --out")
     emit("phase", phase="loading", config=config.to_dict())
     started = time.perf_counter()
-    model, tokenizer = load_model(config.model, device="cpu", trust_remote_code=config.trust_remote_code,
-                                  allow_pickle=config.allow_pickle)
+    placed = load_for_training(config)  # frozen, in the training dtype, on its device(s)
+    model, tokenizer = placed.model, placed.tokenizer
     total_before = count_parameters(model)
     adapter = ModelAdapter(model)
     layout = layout_of(adapter)
@@ -97,12 +98,10 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     calib = calibration_blocks(config.calib_data, tokenizer, config.calib_samples, config.block_len)
     rescale = (calibration_blocks(config.rescale_data, tokenizer, config.rescale_samples, config.block_len)
                if config.rescale_epochs > 0 else None)
-    native = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    native_dtype = next(model.parameters()).dtype
-    model.to(device=config.device, dtype=torch_dtype(config.dtype)).requires_grad_(False)
     timing["load_s"] = round(time.perf_counter() - started, 2)
     emit("model", total_params=total_before, prunable_params=layout.prunable_params, budget=budget,
          layers=layout.to_json()["layers"], group_size=layout.group_size)
+    emit("placement", **placed.describe())
 
     gates = Gates(adapter, layout)
     scores = _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, timing)
@@ -112,11 +111,13 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     gamma = _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit, stop, timing)
     gates.remove()
     write_atomic(run.gamma_path, lambda tmp: save_file({"gamma": gamma.contiguous()}, str(tmp)))
+    emit("placement", **placed.describe())  # now with the training's peak memory per device
+    if not world().is_main:
+        return {}  # under torchrun, rank 0 alone exports and evaluates
 
     emit("phase", phase="export")
     started = time.perf_counter()
-    model.to(device="cpu", dtype=native_dtype)
-    model.load_state_dict(native)  # fold into the checkpoint's own precision, not the training copy
+    adapter = ModelAdapter(placed.export_model())  # the checkpoint's own weights and precision, on the CPU
     report = {
         "base_model": config.model,
         "method": config.method,
@@ -159,10 +160,11 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
         record = teacher.record if teacher is not None else None
         importance = _importance(config.score_init, config, model, gates, layout, calib, emit, record)
         init = scores_from_importance(importance, layout, config.tau)
-    emit("phase", phase="gate_training", total=config.epochs * calib.shape[0])
+    emit("phase", phase="gate_training", total=config.epochs * -(-calib.shape[0] // config.batch_blocks))
     loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,
                       checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
-                      distill=config.distill, distill_topk=config.distill_topk)
+                      distill=config.distill, distill_topk=config.distill_topk,
+                      batch_blocks=config.batch_blocks)
     scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint, init, teacher)
     timing["gate_training_s"] = round(time.perf_counter() - started, 2)
     return scores
@@ -180,11 +182,12 @@ def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit
     if rescale is None:
         timing["rescale_s"] = 0.0
         return torch.ones(layout.num_units)
-    emit("phase", phase="scale_calibration", total=config.rescale_epochs * rescale.shape[0])
+    steps = config.rescale_epochs * -(-rescale.shape[0] // config.batch_blocks)
+    emit("phase", phase="scale_calibration", total=steps)
     started = time.perf_counter()
     loop = LoopConfig(epochs=config.rescale_epochs, lr=config.rescale_lr, seed=config.seed + 1,
                       checkpoint_every=config.checkpoint_every, distill=config.rescale_distill,
-                      distill_topk=config.distill_topk)
+                      distill_topk=config.distill_topk, batch_blocks=config.batch_blocks)
     gamma = calibrate_scales(model, gates, layout, mask, rescale, loop, adapter.family.scale_keys, emit, stop,
                              run.scales_checkpoint)
     timing["rescale_s"] = round(time.perf_counter() - started, 2)

@@ -1,8 +1,10 @@
 """Gate training with the projected straight-through estimator, and scale calibration.
 
-Both loops are plain: one block per step (batch 1), next-token loss of the frozen model with the
-gates applied, AdamW on the gate parameters only. The data order of each epoch is a permutation
-drawn from (seed, epoch), so a resumed run sees exactly the blocks the uninterrupted run would.
+Both loops are plain: one block per step (batch 1, the paper's; ``batch_blocks`` for more), next-token
+loss of the frozen model with the gates applied, AdamW on the gate parameters only. The data order of
+each epoch is a permutation drawn from (seed, epoch), so a resumed run sees exactly the blocks the
+uninterrupted run would. Under torchrun the blocks of a step are split across the ranks
+(``distributed.batch_gradient``): the same update as one process, bit for bit.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import write_atomic
+from .distributed import any_rank, batch_gradient, require_same_on_all_ranks
 from .errors import UserError
 from .events import Emit, no_events
 from .gates import Gates
@@ -39,6 +42,7 @@ class LoopConfig:
     warmup: float = 0.0  # fraction of the steps with a linear learning-rate warm-up
     distill: float = 0.0  # weight of the KL divergence to the dense model's next-token distribution
     distill_topk: int = 0  # > 0: distil to the dense model's cached top-k distribution (one forward per block)
+    batch_blocks: int = 1  # blocks per step: the global batch, split across the ranks under torchrun
 
     def tau_at(self, step: int, total: int) -> float:
         if self.tau_end is None or total <= 1:
@@ -167,33 +171,39 @@ class _Loop:
         self.phase, self.param, self.blocks, self.cfg = phase, param, blocks, cfg
         self.emit, self.stop, self.checkpoint = emit, stop or threading.Event(), checkpoint
         self.optimizer = torch.optim.AdamW([param], lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
-        self.total = cfg.epochs * blocks.shape[0]
+        self.per_epoch = -(-blocks.shape[0] // cfg.batch_blocks)
+        self.total = cfg.epochs * self.per_epoch
         self.step = 0
         if checkpoint is not None and checkpoint.is_file():
             self._restore(checkpoint)
+        require_same_on_all_ranks("calibration blocks", blocks)
+        require_same_on_all_ranks(f"{phase} checkpoints", param)
+
+    def step_blocks(self, step: int) -> torch.Tensor:
+        """The global batch of ``step``: the next ``batch_blocks`` blocks of its epoch's order."""
+        epoch, i = divmod(step, self.per_epoch)
+        size = self.cfg.batch_blocks
+        return self.blocks[epoch_order(self.cfg.seed, epoch, self.blocks.shape[0])[i * size:(i + 1) * size]]
 
     def run(self, step: Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]) -> None:
-        """Call ``step(block, step_index) -> (loss, event fields)`` for every remaining step, then update,
-        emit and checkpoint; stop (checkpointed) when asked. Schedules depend on the step index only, so a
-        resumed run follows them exactly."""
-        n = self.blocks.shape[0]
+        """Call ``step(block, step_index) -> (loss, event fields)`` for every block of every remaining step
+        (this rank's share of it), then update, emit and checkpoint; stop (checkpointed) when asked.
+        Schedules depend on the step index only, so a resumed run follows them exactly."""
         start, first = time.perf_counter(), self.step
         while self.step < self.total:
-            if self.stop.is_set():
+            if any_rank(self.stop.is_set()):
                 self.save()
                 self.emit("stopped", phase=self.phase, step=self.step, total=self.total)
                 raise Stopped(f"stopped during {self.phase} at step {self.step} of {self.total}")
-            epoch, i = divmod(self.step, n)
-            loss, fields = step(self.blocks[epoch_order(self.cfg.seed, epoch, n)[i]], self.step)
+            loss, fields = batch_gradient(self.param, self.step_blocks(self.step),
+                                          lambda block: step(block, self.step))
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr_at(self.step, self.total)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             self.optimizer.step()
             self.step += 1
             elapsed = time.perf_counter() - start
             eta = elapsed / (self.step - first) * (self.total - self.step)
-            self.emit("step", phase=self.phase, step=self.step, total=self.total, loss=round(loss.item(), 5),
+            self.emit("step", phase=self.phase, step=self.step, total=self.total, loss=round(loss, 5),
                       eta=round(eta, 1), **fields)
             if self.checkpoint is not None and self.step % self.cfg.checkpoint_every == 0:
                 self.save()

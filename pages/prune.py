@@ -7,7 +7,15 @@ import torch
 
 from grasprune.budget_preview import BudgetPreview, preview
 from grasprune.cli_command import prune_command
-from grasprune.config import DEFAULT_CALIB, DEFAULT_RESCALE, DEFAULT_VARIANT, METHODS, VARIANTS, PruneConfig
+from grasprune.config import (
+    DEFAULT_CALIB,
+    DEFAULT_RESCALE,
+    DEFAULT_VARIANT,
+    DEVICE_MAPS,
+    METHODS,
+    VARIANTS,
+    PruneConfig,
+)
 from grasprune.data import check_sources
 from grasprune.errors import UserError
 from grasprune.evaluate import EVAL_DATASETS
@@ -16,6 +24,7 @@ from grasprune.runs import create_run
 from studio.common import attach, attached_run_id, jobs, root, shown_errors
 from studio.defaults import QUICK
 from studio.live import live_view
+from studio.placement import placement_panel
 
 CALIB_CHOICES = {DEFAULT_CALIB: "WikiText-2 (first half)", "c4": "C4 sample", "ptb": "PTB",
                  "custom": "A file or dataset id…"}
@@ -94,11 +103,23 @@ def config_form() -> PruneConfig:
                                key="prune_variant", help="paper: the authors' exact procedure")
         trust_remote_code = a3.checkbox("Trust remote code", False, key="prune_trust_remote_code",
                                         help="Runs the model repository's own Python code. Only for repos you trust.")
+        device_map = device_map_input(a1)
     return PruneConfig(model=model, method=method, variant=variant, trust_remote_code=trust_remote_code, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
                        block_len=int(block_len), epochs=int(epochs), rescale_data=rescale_data,
                        rescale_samples=int(rescale_samples), seed=int(seed), device=device, dtype=dtype,
                        checkpoint_every=int(checkpoint_every), eval_datasets=list(eval_datasets),
-                       eval_seqlen=int(eval_seqlen), eval_windows=int(eval_windows))
+                       eval_seqlen=int(eval_seqlen), eval_windows=int(eval_windows), device_map=device_map)
+
+
+def device_map_input(column) -> str | None:
+    """accelerate's placement over several GPUs (CPU offload where they are full), or a JSON map file."""
+    choices = ["one device", *DEVICE_MAPS, "JSON file…"]
+    choice = column.selectbox("Device map", choices, key="prune_device_map",
+                              help="Spread the model's layers over the GPUs (and CPU RAM when they are full)")
+    if choice == "JSON file…":
+        return column.text_input("Device map file", key="prune_device_map_file",
+                                 placeholder="/path/to/map.json").strip() or None
+    return None if choice == "one device" else choice
 
 
 def check(config: PruneConfig) -> None:
@@ -133,6 +154,7 @@ def main() -> None:
                 start(config)
     if run_id is not None:
         live_view(run_id)
+        placement_panel(run_id)
 
 
 main()

@@ -13,7 +13,7 @@ from conftest import REPO
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import gpu, quality, speed
+from bench import gpu, gpu_fsdp, quality, speed
 from grasprune.config import DEFAULT_VARIANT
 
 
@@ -97,3 +97,32 @@ def test_gpu_script_runs_its_cpu_fallback_on_a_tiny_shape(tmp_path):
     assert decode["kept_params"] <= decode["prunable_params"] // 2
     assert decode["pruned"]["kv_cache_bytes_per_token"] < decode["dense"]["kv_cache_bytes_per_token"]
     assert decode["gated_vs_sliced_max_abs_logit_diff"] < 0.05
+
+
+def test_fsdp_gpu_script_runs_its_cpu_fallback_on_a_tiny_shape(tmp_path):
+    done = subprocess.run(["bash", "bench/gpu_fsdp.sh", "--tiny", "--device", "cpu", "--repeats", "2",
+                           "--warmup", "1", "--block-len", "32"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "gpu_fsdp.json").read_text())
+    assert data["shape"] == gpu.TINY and data["setting"]["world_size"] == 1
+    measured = data["measured"]
+    assert measured["fsdp_step_s"] > 0 and measured["plain_step_s"] > 0
+    assert measured["fsdp_peak_bytes"] > measured["weights_bytes"]
+    assert measured["paper_block_passes_s"] == pytest.approx(measured["fsdp_step_s"] * 2048, rel=1e-3,
+                                                             abs=0.05)
+    assert data["computed"]["llama-2-70b"]["params"] == 68_976_648_192  # LLaMA-2-70B's published count
+    for row in data["computed"].values():
+        assert row["gpus"] == 8 and row["steps"] == 2048 // 8
+        assert row["memory_per_gpu_bytes"] > row["weights_shard_bytes"] == row["params"] * 2 // 8
+        assert row["step_s_overlapped"] <= row["step_s_serial"]
+    assert "| llama-2-70b | 8 GPUs, FSDP |" in (tmp_path / "gpu_fsdp.md").read_text()
+
+
+def test_the_fsdp_projection_counts_parameters_exactly():
+    model = gpu.build_model(gpu.TINY, "cpu")
+    numbers = gpu_fsdp.shape_numbers(gpu.TINY)
+    assert numbers["params"] == sum(p.numel() for p in model.parameters())
+    assert numbers["layer_params"] == sum(p.numel() for p in model.model.layers[0].parameters())
+    assert gpu_fsdp.shape_numbers(gpu.LLAMA2_7B)["params"] == 6_738_415_616
