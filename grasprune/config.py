@@ -116,9 +116,9 @@ class PruneConfig:
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
         if self.device_map is not None and self.device_map not in DEVICE_MAPS and \
-                not Path(self.device_map).expanduser().is_file():
-            raise UserError(f"--device-map {self.device_map!r} is neither {', '.join(DEVICE_MAPS)} nor a "
-                            "JSON file")
+                not _is_file(self.device_map):
+            raise UserError(f"--device-map {_show(self.device_map)} is neither {', '.join(DEVICE_MAPS)} nor "
+                            "a JSON file")
         if self.device_map is not None and self.fsdp:
             raise UserError("--device-map and --fsdp exclude each other: a device map splits one replica "
                             "over devices, FSDP shards it over processes")
@@ -192,6 +192,14 @@ def _show(value: Any, limit: int = 60) -> str:
     """A user's value in a one-line message: quoted, escaped, cut to ``limit`` characters."""
     text = repr(value) if isinstance(value, str) else repr(value).replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names a file (a name the OS cannot look up, NUL, too long, ``~nobody``, does not)."""
+    try:
+        return Path(text).expanduser().is_file()
+    except (OSError, ValueError, RuntimeError):
+        return False
 
 
 def resolve_device(device: str) -> str:
