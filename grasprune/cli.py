@@ -34,11 +34,12 @@ def add_prune_parser(sub) -> None:
     budget.add_argument("--keep-ratio", type=_ratio, help="fraction of prunable parameters kept (default 0.7)")
     budget.add_argument("--ratio", type=_ratio, help="fraction of prunable parameters removed (1 - keep ratio)")
     p.add_argument("--method", default=None, help="importance criterion (default grasprune)")
-    p.add_argument("--calib-data", help=f"calibration text (default {DEFAULT_CALIB})")
+    p.add_argument("--calib-data", help=f"calibration text (default {DEFAULT_CALIB})".replace("%", "%%"))
     p.add_argument("--calib-samples", type=int, help="calibration blocks")
     p.add_argument("--block-len", type=int, help="tokens per block")
     p.add_argument("--epochs", type=int, help="gate-training epochs")
-    p.add_argument("--rescale-data", help=f"held-out text for scale calibration (default {DEFAULT_RESCALE})")
+    p.add_argument("--rescale-data", help=f"held-out text for scale calibration (default {DEFAULT_RESCALE})"
+                   .replace("%", "%%"))  # argparse %-formats help
     p.add_argument("--rescale-samples", type=int, help="scale-calibration blocks")
     p.add_argument("--rescale-epochs", type=int, help="scale-calibration epochs (0 skips it)")
     p.add_argument("--variant", help="gate-training variant: distill (default), paper (the exact "

@@ -207,6 +207,16 @@ def test_offloaded_layers_really_load_per_forward(tiny_model_dir, split_map):
     assert execution_device(layers[1], torch.device("meta")) == torch.device("cpu")
 
 
+def test_prune_help_lists_the_scaling_flags(capsys):
+    from grasprune.cli import build_parser
+
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["prune", "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert "--device-map" in shown and "--fsdp" in shown and "--batch-blocks" in shown
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"device_map": "everywhere"}, "neither auto, balanced"),
     ({"device_map": "auto", "fsdp": True}, "exclude each other"),
