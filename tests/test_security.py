@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import shutil
 import socket
 import tarfile
@@ -263,10 +264,14 @@ def test_form_paths_are_resolved_and_checked_for_kind(tmp_path, tiny_model_dir):
     text.write_text("some calibration text\n")
     (tmp_path / "notes-link.txt").symlink_to(text)
     assert read_source(str(tmp_path / "notes-link.txt")).origin == str(text)
+    # a folder without config.json, reached through "..": the clone's depth must not matter
+    (tmp_path / "not-a-model").mkdir()
+    dotted = os.path.relpath(tmp_path / "not-a-model", Path.cwd())
+    assert dotted.startswith("..")
     refusals = [
         (lambda: check_model_spec("/dev/zero"), "is not a model folder or a .gguf file"),
         (lambda: check_model_spec(str(tmp_path / "model.gguf")), "GGUF file not found"),
-        (lambda: check_model_spec("../../etc"), "has no config.json"),
+        (lambda: check_model_spec(dotted), "has no config.json"),
         (lambda: read_source("/dev/zero"), "is not a file"),
         (lambda: read_source(str(tiny_model_dir / "model.safetensors")), "is not a text file"),
         (lambda: read_source("/etc/passwd"), "is not a text file"),
