@@ -64,13 +64,13 @@ def sliced_state_dict(adapter: ModelAdapter, layout: UnitLayout, mask: torch.Ten
             if rows is not None:
                 weight = weight[rows]
                 if scale is not None:
-                    weight = weight * scale.to(weight.dtype)[:, None]
+                    weight = weight * scale.to(weight.device, weight.dtype)[:, None]
             else:
-                weight = weight[:, cols] * scale.to(weight.dtype)[None, :] if scale is not None else weight[:, cols]
+                weight = weight[:, cols] * scale.to(weight.device, weight.dtype)[None, :] if scale is not None else weight[:, cols]
             state[f"{prefix}.weight"] = weight.contiguous()
             if linear.bias is not None and rows is not None:
                 bias = linear.bias[rows]
-                state[f"{prefix}.bias"] = (bias * scale.to(bias.dtype) if scale is not None else bias).contiguous()
+                state[f"{prefix}.bias"] = (bias * scale.to(bias.device, bias.dtype) if scale is not None else bias).contiguous()
     return state
 
 
