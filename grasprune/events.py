@@ -52,3 +52,27 @@ def read_events(path: str | os.PathLike, since: int = 0) -> list[dict]:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
     return events
+
+
+def read_new_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict], int]:
+    """The events of the complete lines after byte ``offset``, and the offset after the last of them.
+
+    For a reader that polls a growing log (the live view, every second): it reads only what is new, a
+    line still being written is left for the next read, and a complete but corrupt line is skipped once
+    (a line-number cursor would re-read everything after it on every poll).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [], offset
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    end = data.rfind(b"\n") + 1
+    events = []
+    for raw in data[:end].splitlines():
+        try:
+            events.append(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return events, offset + end
+

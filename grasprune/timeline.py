@@ -1,13 +1,16 @@
 """A run's progress folded from its event log: what the live view and the run table show.
 
 ``Timeline.apply`` is idempotent for replayed steps: a resumed run re-emits the steps after its last
-checkpoint, and those replace the earlier values instead of doubling the curves.
+checkpoint, and those replace the earlier values instead of doubling the curves. The per-step curves
+keep at most ``HISTORY_POINTS`` points each (older points thinned), so a view that follows a long run
+for hours holds a bounded timeline.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+HISTORY_POINTS = 2048
 PHASES = ("loading", "gate_training", "scale_calibration", "export", "evaluation")
 PHASE_LABELS = {
     "loading": "loading",
@@ -21,6 +24,7 @@ PHASE_LABELS = {
 @dataclass
 class Timeline:
     seen: int = 0  # events applied (the ``since`` of the next read)
+    offset: int = 0  # bytes of the event log applied (for ``events.read_new_events``)
     started: float | None = None
     last_time: float | None = None
     phase: str | None = None
@@ -67,15 +71,12 @@ class Timeline:
         phase, step = event["phase"], event["step"]
         self.phase, self.phase_total, self.step, self.eta = phase, event.get("total"), step, event.get("eta")
         series = self.loss.setdefault(phase, [])
-        _truncate(series, step)
-        series.append((step, event["loss"]))
+        _append(series, (step, event["loss"]))
         if phase == "gate_training":
-            _truncate(self.churn, step)
-            self.churn.append((step, event.get("churn", 0)))
+            _append(self.churn, (step, event.get("churn", 0)))
             if "ffn_kept" in event:
                 self.ffn_kept, self.kv_kept = event["ffn_kept"], event["kv_kept"]
-                _truncate(self.kept_history, step)
-                self.kept_history.append((step, event["ffn_kept"], event["kv_kept"]))
+                _append(self.kept_history, (step, event["ffn_kept"], event["kv_kept"]))
 
     def extend(self, events: list[dict]) -> Timeline:
         for event in events:
@@ -95,6 +96,15 @@ class Timeline:
     @property
     def phase_label(self) -> str:
         return PHASE_LABELS.get(self.phase or "", self.phase or "waiting to start")
+
+
+def _append(series: list, point: tuple) -> None:
+    """Append a step's point after dropping replayed ones; past ``HISTORY_POINTS``, keep every other
+    point but the last (the whole run stays drawn, older steps at a coarser resolution)."""
+    _truncate(series, point[0])
+    series.append(point)
+    if len(series) > HISTORY_POINTS:
+        series[:] = series[:-1:2] + [series[-1]]
 
 
 def _truncate(series: list, step: int) -> None:

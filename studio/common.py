@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from grasprune.errors import UserError
+from grasprune.events import read_new_events
 from grasprune.jobs import JobRegistry, registry
 from grasprune.runs import Run, list_runs, run_in_root, runs_root
 from grasprune.timeline import Timeline
@@ -105,9 +106,11 @@ def timeline(run: Run) -> Timeline:
     """The run's timeline, read incrementally (only new events) and kept in the session."""
     key = f"timeline:{run.id}"
     cached = st.session_state.get(key)
-    if not isinstance(cached, Timeline):
+    log_size = run.events_path.stat().st_size if run.events_path.is_file() else 0
+    if not isinstance(cached, Timeline) or log_size < cached.offset:  # a new log under the same id
         cached = Timeline()
-    cached.extend(run.events(since=cached.seen))
+    events, cached.offset = read_new_events(run.events_path, cached.offset)
+    cached.extend(events)
     st.session_state[key] = cached
     return cached
 
