@@ -140,3 +140,135 @@ def peak_rss_bytes() -> dict:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) * 1024
     return {"rss_bytes": fields.get("VmRSS"), "peak_rss_bytes": fields.get("VmHWM")}
+
+
+class GreedyDecoder:
+    """Prefill and greedy decode of a batch of equal-length prompts, one token per step for every row.
+
+    ``compiled=False``: the model's own forward with a ``DynamicCache`` (what ``generate`` does by default).
+    ``compiled=True``: a ``StaticCache`` sized ``prompt_len + new_tokens`` and the decode step through
+    ``torch.compile(fullgraph=True, dynamic=False)``; the prefill stays eager. The same code runs for the
+    dense and the pruned model, so either setting costs both the same fixed work per step.
+    """
+
+    def __init__(self, model, batch: int, prompt_len: int, new_tokens: int, compiled: bool = False):
+        self.model, self.new_tokens, self.compiled = model, new_tokens, compiled
+        self.device = next(model.parameters()).device
+        self.cache = self.step = None
+        if compiled:
+            from transformers import StaticCache
+
+            self.cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens)
+            self.step = torch.compile(model.forward, fullgraph=True, dynamic=False)
+            self.positions = [torch.tensor([prompt_len + i], device=self.device) for i in range(new_tokens)]
+
+    @torch.inference_mode()
+    def __call__(self, prompts: torch.Tensor) -> dict:
+        """Seconds of the prefill and of the ``new_tokens`` decode steps of ``prompts`` (B, L); the greedy
+        tokens; the KV cache's bytes per cached token of one sequence."""
+        sync = sync_for(self.device)
+        ids = prompts.to(self.device)
+        if self.cache is not None:
+            self.cache.reset()
+        sync()
+        started = time.perf_counter()
+        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+        sync()
+        middle = time.perf_counter()
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        tokens = [token]
+        for i in range(self.new_tokens):
+            if self.step is not None:
+                out = self.step(input_ids=token, past_key_values=cache, use_cache=True,
+                                cache_position=self.positions[i])
+            else:
+                out = self.model(input_ids=token, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+            token = out.logits[:, -1:].argmax(-1)
+            tokens.append(token)
+        sync()
+        ended = time.perf_counter()
+        cached = sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel()
+                     * layer.values.element_size() for layer in cache.layers)
+        slots = ids.shape[0] * cache.layers[0].keys.shape[-2]
+        return {"prefill_s": middle - started, "decode_s": ended - middle, "tokens": torch.cat(tokens, 1).cpu(),
+                "kv_cache_bytes_per_token_measured": cached / slots}
+
+
+def allow_recompiles(limit: int = 64) -> None:
+    """Every model × batch is one more compiled entry of the same ``forward``: let there be enough, and fail
+    rather than fall back to eager silently if there are not."""
+    config = torch._dynamo.config
+    config.recompile_limit = config.cache_size_limit = max(limit, config.recompile_limit)
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        config.fail_on_recompile_limit_hit = True
+
+
+def interleaved_decode(models: dict, prompts: torch.Tensor, new_tokens: int, batch: int, compiled: bool,
+                       rounds: int) -> dict:
+    """Decode figures of every model under one setting, measured interleaved in this process.
+
+    ``prompts`` (P, L) go in batches of ``batch`` rows; every model first decodes the first batch once,
+    untimed (compilation happens there and is timed separately); then ``rounds`` times over all batches,
+    each batch is decoded by every model in turn, the order rotating, so that a change in the machine's
+    load hits all models alike. Returns per model the seconds of each (round, batch) and the warm-up.
+    """
+    groups = prompts[: prompts.shape[0] // batch * batch].view(-1, batch, prompts.shape[1])
+    names = list(models)
+    if compiled:
+        allow_recompiles()
+    decoders = {name: GreedyDecoder(m, batch, prompts.shape[1], new_tokens, compiled) for name, m in models.items()}
+    runs: dict[str, dict] = {name: {"prefill_s": [], "decode_s": []} for name in names}
+    for name in names:
+        started = time.perf_counter()
+        first = decoders[name](groups[0])
+        runs[name]["warmup_s"] = round(time.perf_counter() - started, 3)
+        runs[name]["kv_cache_bytes_per_token_measured"] = first["kv_cache_bytes_per_token_measured"]
+        runs[name]["first_tokens"] = first["tokens"][0].tolist()
+    turn = 0
+    for _ in range(rounds):
+        for group in groups:
+            for name in names[turn % len(names):] + names[: turn % len(names)]:
+                done = decoders[name](group)
+                runs[name]["prefill_s"].append(done["prefill_s"])
+                runs[name]["decode_s"].append(done["decode_s"])
+            turn += 1
+    return runs
+
+
+def decode_rows(runs: dict, batch: int, prompt_len: int, new_tokens: int, reference: str) -> dict:
+    """Tokens/s per model (median over the interleaved runs) and the speed-up over ``reference``: the median
+    of the per-run ratios, each pairing runs of the same prompts measured next to each other."""
+    rows = {}
+    ref = runs[reference]
+    for name, run in runs.items():
+        decode = [batch * new_tokens / s for s in run["decode_s"]]
+        prefill = [batch * prompt_len / s for s in run["prefill_s"]]
+        rows[name] = {
+            "decode_tokens_per_s": round(statistics.median(decode), 2),
+            "prefill_tokens_per_s": round(statistics.median(prefill), 2),
+            "decode_speedup": round(statistics.median(r / s for r, s in zip(ref["decode_s"], run["decode_s"],
+                                                                          strict=True)), 4),
+            "prefill_speedup": round(statistics.median(r / s for r, s in zip(ref["prefill_s"], run["prefill_s"],
+                                                                           strict=True)), 4),
+            "decode_s": [round(s, 4) for s in run["decode_s"]],
+            "warmup_s": run["warmup_s"],
+            "kv_cache_bytes_per_token_measured": run["kv_cache_bytes_per_token_measured"],
+            "first_tokens": run["first_tokens"],
+        }
+    return rows
+
+
+def weight_matmuls(model) -> Callable[[], None]:
+    """Only the matrix-vector products of one decode step (every ``nn.Linear`` weight in module order,
+    the lm_head included) on a random one-token input: what a decode step costs without its norms, rotary,
+    attention, cache update and Python."""
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(1, 1, w.shape[1], dtype=w.dtype, device=w.device) for w in linears}
+
+    @torch.inference_mode()
+    def run() -> None:
+        for w in linears:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+
+    return run
