@@ -18,12 +18,12 @@ from grasprune.timeline import Timeline
 
 LOG = logging.getLogger("grasprune.studio")
 PAGES = {
-    "prune": "pages/prune.py",
-    "runs": "pages/runs.py",
-    "inspect": "pages/inspect.py",
-    "evaluate": "pages/evaluate.py",
-    "export": "pages/export.py",
-    "explain": "pages/explain.py",
+    "prune": "app_pages/prune.py",
+    "runs": "app_pages/runs.py",
+    "inspect": "app_pages/inspect.py",
+    "evaluate": "app_pages/evaluate.py",
+    "export": "app_pages/export.py",
+    "explain": "app_pages/explain.py",
 }
 
 

@@ -135,7 +135,7 @@ def test_stop_button_stops_the_running_job(runs_dir, tiny_model_dir):
 
 def test_runs_page_lists_opens_compares_and_deletes(runs_dir, completed_run):
     run_id = with_run(runs_dir, completed_run)
-    at = app("pages/runs.py")
+    at = app("app_pages/runs.py")
     assert errors(at) == []
     table = at.dataframe[0].value
     assert list(table["run"]) == [run_id]
@@ -150,7 +150,7 @@ def test_runs_page_lists_opens_compares_and_deletes(runs_dir, completed_run):
 def test_runs_page_compares_two_runs(runs_dir, completed_run, tiny_model_dir):
     with_run(runs_dir, completed_run)
     other = create_run(PruneConfig(model=str(tiny_model_dir), **{**TINY, "seed": 3}), runs_dir)
-    at = app("pages/runs.py")
+    at = app("app_pages/runs.py")
     at.selectbox(key="runs_compare_a").set_value(completed_run.id)
     at.selectbox(key="runs_compare_b").set_value(other.id).run()
     assert errors(at) == []
@@ -160,7 +160,7 @@ def test_runs_page_compares_two_runs(runs_dir, completed_run, tiny_model_dir):
 
 def test_inspect_page_draws_the_mask(runs_dir, completed_run):
     run_id = with_run(runs_dir, completed_run)
-    at = app("pages/inspect.py", run_id)
+    at = app("app_pages/inspect.py", run_id)
     assert errors(at) == []
     titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text") for c in at.get("plotly_chart")]
     assert len(titles) == 6
@@ -170,7 +170,7 @@ def test_inspect_page_draws_the_mask(runs_dir, completed_run):
 
 def test_evaluate_page_compares_dense_and_pruned_perplexity_and_generation(runs_dir, completed_run):
     run_id = with_run(runs_dir, completed_run)
-    at = app("pages/evaluate.py", run_id)
+    at = app("app_pages/evaluate.py", run_id)
     assert errors(at) == []
     at.multiselect(key="eval_datasets").set_value(["wikitext2"])
     at.number_input(key="eval_seqlen").set_value(64)
@@ -200,7 +200,7 @@ def test_export_page_prepares_the_archive_and_the_route_serves_it(runs_dir, comp
         return asyncio.run(download(Request({"type": "http", "method": "GET", "path_params": {"run_id": run_id}})))
 
     run_id = with_run(runs_dir, completed_run)
-    at = app("pages/export.py", run_id)
+    at = app("app_pages/export.py", run_id)
     at.button(key="export_prepare").click().run()
     assert errors(at) == []
     shown = " ".join(m.value for m in at.markdown)

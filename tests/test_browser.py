@@ -141,3 +141,26 @@ def test_prune_live_refresh_stop_resume_evaluate_download(server, tiny_model_dir
     assert sum(p.numel() for p in model.parameters()) == report["params"]["total_after"]
     stopped = [e for e in open_run(run_id, runs).events() if e["type"] == "stopped"]
     assert len(stopped) == 1 and stopped[0]["phase"] == "gate_training"
+
+
+def test_a_deep_link_on_a_fresh_server_opens_inside_the_studio(server):
+    """A bookmarked page URL, the first request after a server start: the page runs inside the studio's
+    frame (its navigation and sidebar), not as a bare script with file names for navigation (what
+    Streamlit does with a ``pages/`` folder until some session has run ``st.navigation``)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install-dev)")
+    ensure_chromium()
+    url, _ = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        for path, heading in (("runs", "Runs"), ("explain", "Explain")):
+            page.goto(f"{url}/{path}")
+            settle(page, 120_000)
+            page.get_by_role("heading", name=heading).first.wait_for()
+            nav = page.locator("[data-testid='stSidebarNav']").inner_text()
+            lines = [line.strip() for line in nav.splitlines() if line.strip()]
+            assert all(title in lines for title in ("Prune", "Runs", "Inspect", "Evaluate", "Export", "Explain")), nav
+            assert not {"app", "prune", "runs", "explain"} & set(lines), nav  # no file-name navigation
+            assert page.get_by_text("GRASPrune Studio").count() >= 1  # the frame's sidebar
+        browser.close()

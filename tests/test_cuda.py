@@ -10,9 +10,9 @@ import random
 
 import pytest
 import torch
+from test_export import FAMILIES, gated_logits, prune_randomly, report_for
 
 from conftest import run_cli, tiny_model
-from test_export import FAMILIES, gated_logits, prune_randomly, report_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -24,8 +24,8 @@ def test_baseline_series_reads_matching_baseline_reports(tmp_path, monkeypatch):
     ours = completed(tmp_path, "grasprune", 0.5)
     wanda = completed(tmp_path, "wanda-sp", 0.5, ppl=900.0)
     completed(tmp_path, "taylor", 0.5, windows=64)  # other settings: not comparable, left out
-    spec = importlib.util.spec_from_file_location("evaluate_page", REPO / "pages" / "evaluate.py")
-    source = (REPO / "pages" / "evaluate.py").read_text().replace("\nmain()\n", "\n")  # functions only, no page
+    spec = importlib.util.spec_from_file_location("evaluate_page", REPO / "app_pages" / "evaluate.py")
+    source = (REPO / "app_pages" / "evaluate.py").read_text().replace("\nmain()\n", "\n")  # functions only, no page
     module = importlib.util.module_from_spec(spec)
     exec(compile(source, str(spec.origin), "exec"), module.__dict__)  # noqa: S102 - our own page file
     series = module.baseline_series(ours, ["wikitext2", "ptb"], 512, 8)

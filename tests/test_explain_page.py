@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from grasprune import explain
 from grasprune.units import project
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "explain.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "explain.py")
 
 
 @pytest.fixture
