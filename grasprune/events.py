@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 Emit = Callable[..., None]
@@ -42,16 +42,8 @@ def read_events(path: str | os.PathLike, since: int = 0) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    events = []
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle):
-            if number < since:
-                continue
-            try:
-                events.append(json.loads(raw))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-    return events
+        return _parse(raw for number, raw in enumerate(handle) if number >= since)
 
 
 def read_new_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict], int]:
@@ -68,11 +60,15 @@ def read_new_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict
         handle.seek(offset)
         data = handle.read()
     end = data.rfind(b"\n") + 1
+    return _parse(data[:end].splitlines()), offset + end
+
+
+def _parse(lines: Iterable[bytes]) -> list[dict]:
+    """The events of ``lines``; a torn or corrupt line is skipped."""
     events = []
-    for raw in data[:end].splitlines():
+    for raw in lines:
         try:
             events.append(json.loads(raw))
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
-    return events, offset + end
-
+    return events

@@ -23,7 +23,6 @@ PHASE_LABELS = {
 
 @dataclass
 class Timeline:
-    seen: int = 0  # events applied (the ``since`` of the next read)
     offset: int = 0  # bytes of the event log applied (for ``events.read_new_events``)
     started: float | None = None
     last_time: float | None = None
@@ -81,7 +80,6 @@ class Timeline:
     def extend(self, events: list[dict]) -> Timeline:
         for event in events:
             self.apply(event)
-        self.seen += len(events)
         return self
 
     @property
