@@ -104,31 +104,13 @@ def kv_bytes_per_token(model) -> int:
 def decode_speed(model, prompts: torch.Tensor, new_tokens: int) -> dict:
     """Prefill and greedy decode (one token at a time, DynamicCache) over each prompt row of
     ``prompts`` (P, L); the first prompt also runs once untimed as a warm-up."""
-    device = next(model.parameters()).device
-    sync = sync_for(device)
-    prefill = decode = 0.0
-    cache_bytes = None
-    for i, prompt in enumerate(torch.cat([prompts[:1], prompts])):
-        ids = prompt.unsqueeze(0).to(device)
-        sync()
-        started = time.perf_counter()
-        out = model(input_ids=ids, use_cache=True)
-        sync()
-        middle = time.perf_counter()
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        for _ in range(new_tokens):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        sync()
-        if i > 0:
-            prefill += middle - started
-            decode += time.perf_counter() - middle
-        cache_bytes = sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel()
-                          * layer.values.element_size() for layer in cache.layers) / cache.get_seq_length()
+    decoder = GreedyDecoder(model, 1, prompts.shape[1], new_tokens)
+    decoder(prompts[:1])
+    runs = [decoder(prompt[None]) for prompt in prompts]
     count = prompts.shape[0]
-    return {"prefill_tokens_per_s": round(count * prompts.shape[1] / prefill, 2),
-            "decode_tokens_per_s": round(count * new_tokens / decode, 2),
-            "kv_cache_bytes_per_token_measured": cache_bytes, "prompts": count,
+    return {"prefill_tokens_per_s": round(count * prompts.shape[1] / sum(r["prefill_s"] for r in runs), 2),
+            "decode_tokens_per_s": round(count * new_tokens / sum(r["decode_s"] for r in runs), 2),
+            "kv_cache_bytes_per_token_measured": runs[-1]["kv_cache_bytes_per_token_measured"], "prompts": count,
             "prompt_len": prompts.shape[1], "new_tokens": new_tokens}
 
 
