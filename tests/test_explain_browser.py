@@ -72,6 +72,26 @@ def click_until(page, key: str, view: str, label: str, value: str) -> None:
     settle(page)
 
 
+def choose_option(page, key: str, option: str, attempts: int = 8) -> None:
+    """Pick ``option`` in the selectbox with widget key ``key``. Retried: a fragment rerun that redraws
+    the widget closes a list that was just opened, and depending on timing a click or ArrowDown opens it."""
+    box = page.locator(f".st-key-{key} [role='combobox']")
+    wanted = page.get_by_role("option", name=option, exact=True)
+    for attempt in range(attempts):
+        if attempt % 2:
+            box.focus()
+            box.press("ArrowDown")
+        else:
+            box.click()
+        try:
+            wanted.click(timeout=5_000)
+            return
+        except Exception:  # Playwright's TimeoutError: the list closed or never opened; try again
+            page.keyboard.press("Escape")
+            time.sleep(0.5)
+    raise AssertionError(f"could not pick {option!r} in the {key} selectbox after {attempts} attempts")
+
+
 def check_ranking(page, reference: explain.Lab, budget: int) -> None:
     """The ranking view's numbers, budget line and per-layer counts are the projection's."""
     layout = reference.layout
@@ -160,10 +180,7 @@ def test_explain_views_show_the_engines_numbers(server):  # noqa: F811 - the fix
         page.locator(".st-key-explain_ranking").screenshot(path=str(SHOTS / "explain-ranking.png"))
 
         # 3. the KV groups of layer 2, with the parameters the engine counts
-        layer_box = page.locator(".st-key-explain_kv_layer [role='combobox']")
-        layer_box.focus()
-        layer_box.press("ArrowDown")  # opens the list (a click does not, once a fragment rerun redrew it)
-        page.get_by_role("option", name="2", exact=True).click()
+        choose_option(page, "explain_kv_layer", "2")
         settle(page)
         page.get_by_text("Layer 2: query heads grouped").wait_for()
         kept = layout.split(project(reference.stepper.probs(), layout, budget))[2][1]
