@@ -51,6 +51,8 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--distill-topk", type=int, help="distil to the dense model's cached top-k tokens "
                                                   "(0 = full distribution, one extra forward per step)")
     p.add_argument("--rescale-distill", type=float, help="KL weight in scale calibration (default: --distill)")
+    p.add_argument("--teacher-cache-mb", type=int, help="full distillation: host memory for the dense model's "
+                                                      "logits, reused in later epochs (default 2048; 0 = none)")
     p.add_argument("--lr", type=float, help="gate learning rate")
     p.add_argument("--rescale-lr", type=float, help="scale-calibration learning rate (default 1e-2)")
     p.add_argument("--tau", type=float, help="gate temperature")
@@ -85,7 +87,7 @@ def config_from_args(args) -> PruneConfig:
                      "variant", "score_init", "tau_end", "warmup", "distill", "distill_topk", "rescale_distill",
                      "rescale_lr",
                      "checkpoint_every", "eval_seqlen", "eval_windows", "trust_remote_code", "allow_pickle",
-                     "device_map", "fsdp", "batch_blocks")
+                     "device_map", "fsdp", "batch_blocks", "teacher_cache_mb")
         if getattr(args, name) is not None
     }
     if args.ratio is not None:

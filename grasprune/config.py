@@ -74,6 +74,7 @@ class PruneConfig:
     device_map: str | None = None  # accelerate's big-model placement: a DEVICE_MAPS name or a JSON file
     fsdp: bool = False  # shard the frozen backbone across the torchrun ranks (FSDP2)
     batch_blocks: int = 1  # calibration blocks per step: the global batch, split across the ranks
+    teacher_cache_mb: int = 2048  # full distillation over epochs > 1: dense logits kept in host memory
 
     def resolved(self) -> PruneConfig:
         """A copy with the device, dtype and size defaults filled in, validated."""
@@ -124,6 +125,8 @@ class PruneConfig:
                             "over devices, FSDP shards it over processes")
         if self.rescale_epochs < 0:
             raise UserError(f"--rescale-epochs must be 0 or more (got {self.rescale_epochs})")
+        if self.teacher_cache_mb < 0:
+            raise UserError(f"--teacher-cache-mb must be 0 (no cache) or more (got {self.teacher_cache_mb})")
         if self.block_len is not None and self.block_len < 2:
             raise UserError(f"--block-len must be at least 2 (got {self.block_len})")
         for name in ("lr", "rescale_lr", "tau", "tau_end"):

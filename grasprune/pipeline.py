@@ -164,7 +164,9 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
     loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,
                       checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
                       distill=config.distill, distill_topk=config.distill_topk,
-                      batch_blocks=config.batch_blocks)
+                      batch_blocks=config.batch_blocks,
+                      # under FSDP a forward is collective: every rank must run the same ones
+                      teacher_cache_mb=0 if config.fsdp else config.teacher_cache_mb)
     scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint, init, teacher)
     timing["gate_training_s"] = round(time.perf_counter() - started, 2)
     return scores

@@ -43,6 +43,7 @@ class LoopConfig:
     distill: float = 0.0  # weight of the KL divergence to the dense model's next-token distribution
     distill_topk: int = 0  # > 0: distil to the dense model's cached top-k distribution (one forward per block)
     batch_blocks: int = 1  # blocks per step: the global batch, split across the ranks under torchrun
+    teacher_cache_mb: int = 2048  # full distillation: keep the dense logits of up to this many MB of blocks
 
     def tau_at(self, step: int, total: int) -> float:
         if self.tau_end is None or total <= 1:
@@ -117,6 +118,36 @@ class TeacherCache:
         return self.entries[self.key(block)]
 
 
+class DenseTeacher:
+    """The dense model's logits per calibration block, kept while they fit in ``limit_mb``.
+
+    Full distillation runs the dense model once per step; over several epochs it sees each block
+    again, and its logits do not change (the backbone is frozen), so keeping them saves every later
+    teacher forward pass without changing a bit of the result: the logits are kept in the model's
+    own precision, exactly as computed. Blocks beyond the memory limit are recomputed each time.
+    """
+
+    def __init__(self, limit_mb: int):
+        self.limit = limit_mb * 2**20
+        self.used = 0
+        self.entries: dict[bytes, torch.Tensor] = {}
+
+    def logits(self, model, block: torch.Tensor, gates: Gates) -> torch.Tensor:
+        key = TeacherCache.key(block)
+        if key in self.entries:
+            return self.entries[key].to(model.device)
+        saved = gates.snapshot()
+        gates.set(None)
+        with torch.no_grad():
+            logits = model(input_ids=block.unsqueeze(0).to(model.device), use_cache=False).logits[0, :-1]
+        gates.restore(saved)
+        size = logits.numel() * logits.element_size()
+        if self.used + size <= self.limit:
+            self.entries[key] = logits.cpu()
+            self.used += size
+        return logits
+
+
 def sparse_kl(student: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_index: torch.Tensor) -> torch.Tensor:
     """KL(teacher_topk || student) per token, averaged: the student's log-probabilities are the full
     softmax's, read at the teacher's top-k tokens."""
@@ -126,25 +157,21 @@ def sparse_kl(student: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ind
 
 
 def block_loss(
-    model, block: torch.Tensor, gates: Gates | None = None, distill: float = 0.0, teacher: TeacherCache | None = None
+    model, block: torch.Tensor, gates: Gates | None = None, distill: float = 0.0,
+    teacher: TeacherCache | DenseTeacher | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy of the gated model; with ``distill > 0``, mixed with the KL divergence
-    to the ungated (dense) model's distribution: its top-k from ``teacher`` when given, otherwise the
-    full distribution from one extra forward pass without gradients."""
+    to the ungated (dense) model's distribution: its top-k from a ``TeacherCache``, otherwise the full
+    distribution (kept by a ``DenseTeacher``, or from one extra forward pass without gradients)."""
     ids = block.unsqueeze(0).to(model.device)
-    if distill > 0 and gates is not None and teacher is not None:
+    if distill > 0 and gates is not None and isinstance(teacher, TeacherCache):
         cached = teacher.get(model, block, gates)
         student = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
         ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
         loss = (1 - distill) * ce + distill * sparse_kl(student, *cached)
     elif distill > 0 and gates is not None:
-        saved = gates.snapshot()
-        gates.set(None)
-        with torch.no_grad():
-            dense = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
-        gates.restore(saved)
-        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
-        student = torch.log_softmax(logits, -1)
+        dense = torch.log_softmax((teacher or DenseTeacher(0)).logits(model, block, gates).float(), -1)
+        student = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
         ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
         kl = torch.nn.functional.kl_div(student, dense, log_target=True, reduction="batchmean")
         loss = (1 - distill) * ce + distill * kl
@@ -157,11 +184,14 @@ def block_loss(
     return loss
 
 
-def teacher_for(cfg: LoopConfig, teacher: TeacherCache | None) -> TeacherCache | None:
-    """The cache a loop distils from: the given one, a new one for top-k distillation, or none."""
-    if cfg.distill <= 0 or cfg.distill_topk <= 0:
+def teacher_for(cfg: LoopConfig, teacher: TeacherCache | None) -> TeacherCache | DenseTeacher | None:
+    """What a loop distils from: the given top-k cache or a new one, a dense-logits cache when blocks
+    come back (more than one epoch), or none (no distillation, or the teacher runs every step)."""
+    if cfg.distill <= 0:
         return None
-    return teacher if teacher is not None else TeacherCache(cfg.distill_topk)
+    if cfg.distill_topk > 0:
+        return teacher if teacher is not None else TeacherCache(cfg.distill_topk)
+    return DenseTeacher(cfg.teacher_cache_mb) if cfg.epochs > 1 else None
 
 
 class _Loop:

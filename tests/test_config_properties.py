@@ -61,6 +61,7 @@ VALID = {
     "device_map": st.none(),  # a name needs accelerate's devices, a file a JSON map: see test_scaling.py
     "fsdp": st.booleans(),
     "batch_blocks": counts,
+    "teacher_cache_mb": st.integers(0, 10**7),
 }
 # values out of range for each numeric or named field (the right JSON type, a wrong value)
 OUT_OF_RANGE = {
@@ -92,6 +93,7 @@ OUT_OF_RANGE = {
     "eval_windows": st.integers(max_value=0),
     "model": st.just("") | st.text(" \t\n", min_size=1),
     "batch_blocks": st.integers(max_value=0),
+    "teacher_cache_mb": st.integers(max_value=-1),
 }
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | texts,

@@ -8,7 +8,8 @@ from grasprune.baselines import unit_importance
 from grasprune.config import VARIANTS, PruneConfig
 from grasprune.errors import UserError
 from grasprune.gates import Gates
-from grasprune.train import LoopConfig, TeacherCache, block_loss, scores_from_importance
+from grasprune.train import (DenseTeacher, LoopConfig, TeacherCache, block_loss, scores_from_importance,
+                             train_gates)
 from grasprune.units import FFN, KV, layout_of
 
 from conftest import tiny_model
@@ -62,6 +63,37 @@ def test_distillation_against_itself_is_the_scaled_lm_loss():
         assert pruned.item() > 0
         gates.set(None)
         assert block_loss(model, block, gates, distill=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_dense_teacher_cache_changes_no_bit_of_the_training():
+    model = tiny_model("llama").requires_grad_(False)
+    adapter = ModelAdapter(model)
+    layout = layout_of(adapter)
+    blocks = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(4))
+    budget = layout.budget(0.6)
+    results = {}
+    for limit in (0, 64):  # no cache; room for every block
+        with Gates(adapter, layout) as gates:
+            loop = LoopConfig(epochs=3, distill=0.5, teacher_cache_mb=limit)
+            results[limit] = train_gates(model, gates, layout, blocks, budget, loop)
+    assert torch.equal(results[0], results[64])
+    cache = DenseTeacher(limit_mb=64)
+    with Gates(adapter, layout) as gates:
+        gates.set(torch.ones(layout.num_units) * 0.5)
+        first = block_loss(model, blocks[0], gates, distill=0.5, teacher=cache)
+        again = block_loss(model, blocks[0], gates, distill=0.5, teacher=cache)
+        direct = block_loss(model, blocks[0], gates, distill=0.5)
+    assert len(cache.entries) == 1 and cache.used == 15 * model.config.vocab_size * 4
+    assert first.item() == again.item() == direct.item()
+    tight = DenseTeacher(limit_mb=0)
+    tight.limit = cache.used  # room for one block
+    with Gates(adapter, layout) as gates:
+        gates.set(torch.ones(layout.num_units) * 0.5)
+        for block in blocks:
+            block_loss(model, block, gates, distill=0.5, teacher=tight)
+        assert block_loss(model, blocks[1], gates, distill=0.5, teacher=tight).item() == pytest.approx(
+            block_loss(model, blocks[1], gates, distill=0.5).item(), abs=0)
+    assert len(tight.entries) == 1 and tight.used == cache.used  # the rest computed each time, not kept
 
 
 def test_topk_distillation_with_the_whole_vocabulary_is_the_exact_kl():
