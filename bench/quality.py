@@ -27,7 +27,7 @@ from grasprune.config import DEFAULT_VARIANT, METHODS, VARIANTS, PruneConfig
 from grasprune.evaluate import perplexity
 from grasprune.models import load_model
 from grasprune.pipeline import count_parameters, prune_run
-from grasprune.runs import create_run
+from grasprune.runs import Run, create_run, list_runs
 
 from .common import DENSE, RESULTS, csv, describe, set_threads, setting
 from .quality_report import markdown, plot
@@ -121,7 +121,9 @@ def pruned_entry(settings: dict, args: argparse.Namespace) -> dict:
     if settings["method"] == "grasprune":
         name += f"-{settings['variant']}"
     out = (args.runs_dir / "checkpoints" / name).resolve()
-    run = create_run(config, root=args.runs_dir.resolve(), out=out)
+    run = unfinished_run(config, args.runs_dir.resolve(), out)
+    resumed = run is not None
+    run = run or create_run(config, root=args.runs_dir.resolve(), out=out)
     report = prune_run(run, overwrite=True)
     eval_dtype = json.loads((out / "config.json").read_text()).get("dtype")
     if args.keep_checkpoints == "none" or (args.keep_checkpoints == "grasprune" and config.method != "grasprune"):
@@ -130,7 +132,17 @@ def pruned_entry(settings: dict, args: argparse.Namespace) -> dict:
     return {"params": report["params"], "metrics": {d: m["ppl"] for d, m in (
                 (k.removeprefix("ppl_"), v) for k, v in report["metrics"].items())},
             "timing": report["timing"], "train_dtype": report["calibration"]["dtype"], "eval_dtype": eval_dtype,
-            "run": str(run.folder), "checkpoint": str(out) if out else None}
+            "run": str(run.folder), "checkpoint": str(out) if out else None, "resumed": resumed}
+
+
+def unfinished_run(config: PruneConfig, runs_dir: Path, out: Path) -> Run | None:
+    """The interrupted run of this very entry, if the grid was stopped in the middle of one: it resumes
+    from its last checkpoint (at most ``checkpoint_every`` steps lost) instead of starting over."""
+    for run in list_runs(runs_dir):
+        if (run.report() is None and run.status().get("status") != "running" and run.output_dir() == out
+                and run.config().to_dict() == config.to_dict()):
+            return run
+    return None
 
 
 def load_results(path: Path) -> dict:

@@ -49,6 +49,8 @@ def markdown(entries: list[dict]) -> str:
     for e in rows:
         cells = [f"{e['metrics'][d]:.2f}" if d in e["metrics"] else "" for d in datasets]
         timing = ", ".join(f"{name} {e['timing'][key]:.0f}" for key, name in STAGES if key in e["timing"])
+        if e.get("resumed"):
+            timing += " (resumed: the stage in progress counts from the resume)"
         keep = e["settings"].get("keep_ratio", 1.0)
         lines.append(f"| {e['label']} | {keep:.2f} | {e['params']['removed_pct_of_prunable']:.1f} | "
                      f"{e['params']['removed_pct_of_total']:.1f} | " + " | ".join(cells) + f" | {timing} |")

@@ -48,8 +48,9 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--tau-end", type=float, help="anneal the gate temperature linearly to this value")
     p.add_argument("--warmup", type=float, help="fraction of steps with a linear learning-rate warm-up")
     p.add_argument("--distill", type=float, help="weight of a KL loss to the dense model (0 = LM loss only)")
-    p.add_argument("--distill-topk", type=int, help="distil to the dense model's cached top-k tokens "
-                                                  "(0 = full distribution, one extra forward per step)")
+    p.add_argument("--distill-topk", type=int, help="distil to the dense model's cached top-k tokens (0 = the "
+                                                  "full distribution: a dense forward per block, kept up to "
+                                                  "--teacher-cache-mb)")
     p.add_argument("--rescale-distill", type=float, help="KL weight in scale calibration (default: --distill)")
     p.add_argument("--teacher-cache-mb", type=int, help="full distillation: host memory for the dense model's "
                                                       "logits, reused in later epochs (default 2048; 0 = none)")

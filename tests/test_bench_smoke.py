@@ -126,3 +126,24 @@ def test_the_fsdp_projection_counts_parameters_exactly():
     assert numbers["params"] == sum(p.numel() for p in model.parameters())
     assert numbers["layer_params"] == sum(p.numel() for p in model.model.layers[0].parameters())
     assert gpu_fsdp.shape_numbers(gpu.LLAMA2_7B)["params"] == 6_738_415_616
+
+
+def test_an_entry_interrupted_mid_run_resumes_its_run(tiny_model_dir, tmp_path, monkeypatch):
+    import threading
+
+    from grasprune.train import Stopped
+
+    stopped = threading.Event()
+    stopped.set()  # the run checkpoints and stops before its first step, as a killed grid would leave it
+    real = quality.prune_run
+    monkeypatch.setattr(quality, "prune_run", lambda run, overwrite: real(run, stop=stopped, overwrite=overwrite))
+    args = quality_args(tiny_model_dir, tmp_path, "--methods", "grasprune", "--variants", "paper")
+    with pytest.raises(Stopped):
+        quality.main(args)
+    [interrupted] = [p for p in (tmp_path / "runs").iterdir() if p.name != "checkpoints"]
+    monkeypatch.setattr(quality, "prune_run", real)
+    assert quality.main(args) == 0
+    [entry] = [e for e in json.loads((tmp_path / "results" / "quality.json").read_text())["entries"]
+               if e["label"] == "grasprune (paper)"]
+    assert entry["resumed"] is True and entry["run"] == str(interrupted.resolve())
+    assert "(resumed" in (tmp_path / "results" / "quality.md").read_text()

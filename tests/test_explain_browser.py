@@ -75,6 +75,8 @@ def click_until(page, key: str, view: str, label: str, value: str) -> None:
 def choose_option(page, key: str, option: str, attempts: int = 8) -> None:
     """Pick ``option`` in the selectbox with widget key ``key``. Retried: a fragment rerun that redraws
     the widget closes a list that was just opened, and depending on timing a click or ArrowDown opens it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     box = page.locator(f".st-key-{key} [role='combobox']")
     wanted = page.get_by_role("option", name=option, exact=True)
     for attempt in range(attempts):
@@ -86,7 +88,7 @@ def choose_option(page, key: str, option: str, attempts: int = 8) -> None:
         try:
             wanted.click(timeout=5_000)
             return
-        except Exception:  # Playwright's TimeoutError: the list closed or never opened; try again
+        except PlaywrightTimeout:  # the list closed or never opened: try again
             page.keyboard.press("Escape")
             time.sleep(0.5)
     raise AssertionError(f"could not pick {option!r} in the {key} selectbox after {attempts} attempts")

@@ -8,8 +8,14 @@ from grasprune.baselines import unit_importance
 from grasprune.config import VARIANTS, PruneConfig
 from grasprune.errors import UserError
 from grasprune.gates import Gates
-from grasprune.train import (DenseTeacher, LoopConfig, TeacherCache, block_loss, scores_from_importance,
-                             train_gates)
+from grasprune.train import (
+    DenseTeacher,
+    LoopConfig,
+    TeacherCache,
+    block_loss,
+    scores_from_importance,
+    train_gates,
+)
 from grasprune.units import FFN, KV, layout_of
 
 from conftest import tiny_model
