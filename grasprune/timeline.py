@@ -8,6 +8,7 @@ for hours holds a bounded timeline.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 HISTORY_POINTS = 2048
@@ -32,7 +33,7 @@ class Timeline:
     eta: float | None = None
     loss: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # phase -> [(step, loss)]
     churn: list[tuple[int, int]] = field(default_factory=list)
-    kept_history: list[tuple[int, list[int], list[int]]] = field(default_factory=list)  # (step, ffn, kv)
+    kept_history: list[tuple[int, array, array]] = field(default_factory=list)  # (step, ffn, kv)
     model: dict | None = None  # the "model" event: layer shapes, budget, parameter counts
     ffn_kept: list[int] | None = None
     kv_kept: list[int] | None = None
@@ -75,7 +76,9 @@ class Timeline:
             _append(self.churn, (step, event.get("churn", 0)))
             if "ffn_kept" in event:
                 self.ffn_kept, self.kv_kept = event["ffn_kept"], event["kv_kept"]
-                _append(self.kept_history, (step, event["ffn_kept"], event["kv_kept"]))
+                # packed: a long-polling view keeps thousands of these; as lists of int objects they
+                # scatter over the allocator's arenas and each thinning leaves them fragmented
+                _append(self.kept_history, (step, array("i", event["ffn_kept"]), array("i", event["kv_kept"])))
 
     def extend(self, events: list[dict]) -> Timeline:
         for event in events:
