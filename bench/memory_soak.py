@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model of the job (default: a tiny random Llama built here)")
     parser.add_argument("--out", type=Path, default=RESULTS / "memory_soak.json")
     args = parser.parse_args(argv)
+    # a plain SIGTERM would end this process without its cleanup and leave the studio and the job running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from grasprune.runs import run_in_root
 
     with tempfile.TemporaryDirectory(prefix="memory-soak-") as tmp:
