@@ -22,7 +22,7 @@ def _conditions(entries: list[dict]) -> str:
     parts = {
         "model": settings["model"], "eval": f"seqlen {settings['seqlen']}, first {settings['windows']} windows",
         "eval dtype": " / ".join(sorted({str(e.get("eval_dtype")).removeprefix("torch.") for e in entries})),
-        "threads": cond["threads"], "cpu": cond["cpu"],
+        "threads": f"{cond['threads']} (unless the row says otherwise)", "cpu": cond["cpu"],
         "torch": cond["torch"],
     }
     if pruned:
@@ -49,6 +49,8 @@ def markdown(entries: list[dict]) -> str:
     for e in rows:
         cells = [f"{e['metrics'][d]:.2f}" if d in e["metrics"] else "" for d in datasets]
         timing = ", ".join(f"{name} {e['timing'][key]:.0f}" for key, name in STAGES if key in e["timing"])
+        if e["setting"]["threads"] != entries[0]["setting"]["threads"]:
+            timing += f"; {e['setting']['threads']} thread(s)"  # bf16 sums differ by thread count: so may the mask
         if e.get("resumed"):
             timing += " (resumed: the stage in progress counts from the resume)"
         keep = e["settings"].get("keep_ratio", 1.0)
