@@ -164,12 +164,16 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
     loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,
                       checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
                       distill=config.distill, distill_topk=config.distill_topk,
-                      batch_blocks=config.batch_blocks,
-                      # under FSDP a forward is collective: every rank must run the same ones
-                      teacher_cache_mb=0 if config.fsdp else config.teacher_cache_mb)
+                      batch_blocks=config.batch_blocks, teacher_cache_mb=_teacher_cache_mb(config))
     scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint, init, teacher)
     timing["gate_training_s"] = round(time.perf_counter() - started, 2)
     return scores
+
+
+def _teacher_cache_mb(config: PruneConfig) -> int:
+    """Memory for kept dense logits in either loop; none under FSDP, where a forward is collective and
+    every rank must run the same ones (a cache hit on one rank and a miss on another would hang)."""
+    return 0 if config.fsdp else config.teacher_cache_mb
 
 
 def _importance(name: str, config, model, gates, layout, calib, emit, on_logits=None) -> torch.Tensor:
@@ -189,7 +193,8 @@ def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit
     started = time.perf_counter()
     loop = LoopConfig(epochs=config.rescale_epochs, lr=config.rescale_lr, seed=config.seed + 1,
                       checkpoint_every=config.checkpoint_every, distill=config.rescale_distill,
-                      distill_topk=config.distill_topk, batch_blocks=config.batch_blocks)
+                      distill_topk=config.distill_topk, batch_blocks=config.batch_blocks,
+                      teacher_cache_mb=_teacher_cache_mb(config))
     gamma = calibrate_scales(model, gates, layout, mask, rescale, loop, adapter.family.scale_keys, emit, stop,
                              run.scales_checkpoint)
     timing["rescale_s"] = round(time.perf_counter() - started, 2)

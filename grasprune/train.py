@@ -110,12 +110,19 @@ class TeacherCache:
 
     def get(self, model, block: torch.Tensor, gates: Gates) -> tuple[torch.Tensor, torch.Tensor]:
         if self.key(block) not in self.entries:
-            saved = gates.snapshot()
-            gates.set(None)
-            with torch.no_grad():
-                self.record(block, model(input_ids=block.unsqueeze(0).to(model.device), use_cache=False).logits)
-            gates.restore(saved)
+            self.record(block, dense_logits(model, block, gates))
         return self.entries[self.key(block)]
+
+
+@torch.no_grad()
+def dense_logits(model, block: torch.Tensor, gates: Gates) -> torch.Tensor:
+    """The ungated (dense) model's logits (1, L, V) for ``block``; the gates are restored after."""
+    saved = gates.snapshot()
+    gates.set(None)
+    try:
+        return model(input_ids=block.unsqueeze(0).to(model.device), use_cache=False).logits
+    finally:
+        gates.restore(saved)
 
 
 class DenseTeacher:
@@ -136,11 +143,7 @@ class DenseTeacher:
         key = TeacherCache.key(block)
         if key in self.entries:
             return self.entries[key].to(model.device)
-        saved = gates.snapshot()
-        gates.set(None)
-        with torch.no_grad():
-            logits = model(input_ids=block.unsqueeze(0).to(model.device), use_cache=False).logits[0, :-1]
-        gates.restore(saved)
+        logits = dense_logits(model, block, gates)[0, :-1]
         size = logits.numel() * logits.element_size()
         if self.used + size <= self.limit:
             self.entries[key] = logits.cpu()
@@ -170,7 +173,8 @@ def block_loss(
         ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
         loss = (1 - distill) * ce + distill * sparse_kl(student, *cached)
     elif distill > 0 and gates is not None:
-        dense = torch.log_softmax((teacher or DenseTeacher(0)).logits(model, block, gates).float(), -1)
+        dense = teacher.logits(model, block, gates) if teacher else dense_logits(model, block, gates)[0, :-1]
+        dense = torch.log_softmax(dense.float(), -1)
         student = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
         ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
         kl = torch.nn.functional.kl_div(student, dense, log_target=True, reduction="batchmean")

@@ -13,10 +13,11 @@ from grasprune.train import (
     LoopConfig,
     TeacherCache,
     block_loss,
+    calibrate_scales,
     scores_from_importance,
     train_gates,
 )
-from grasprune.units import FFN, KV, layout_of
+from grasprune.units import FFN, KV, layout_of, project
 
 from conftest import tiny_model
 
@@ -82,7 +83,9 @@ def test_the_dense_teacher_cache_changes_no_bit_of_the_training():
         with Gates(adapter, layout) as gates:
             loop = LoopConfig(epochs=3, distill=0.5, teacher_cache_mb=limit)
             results[limit] = train_gates(model, gates, layout, blocks, budget, loop)
-    assert torch.equal(results[0], results[64])
+            mask = project(torch.sigmoid(results[limit] / loop.tau), layout, budget)
+            results[limit, "scales"] = calibrate_scales(model, gates, layout, mask, blocks, loop)
+    assert torch.equal(results[0], results[64]) and torch.equal(results[0, "scales"], results[64, "scales"])
     cache = DenseTeacher(limit_mb=64)
     with Gates(adapter, layout) as gates:
         gates.set(torch.ones(layout.num_units) * 0.5)
