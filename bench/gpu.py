@@ -6,7 +6,7 @@
 
 Random bf16 weights built from a ``LlamaConfig`` (no download). The gate step is ours
 (``bench.timing.gate_training_step``: Gates, ste_factors, AdamW), interleaved with a plain
-forward+backward; the pruned model is our export (``sliced_state_dict`` + ``pruned_config``, in
+forward+backward; the pruned model is our export (``sliced_model``, in
 memory) of a random budget-feasible mask.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from grasprune.adapters import ModelAdapter
 from grasprune.atomic import write_json_atomic
-from grasprune.export import model_class_for, pruned_config, sliced_state_dict
+from grasprune.export import sliced_model
 from grasprune.gates import Gates
 from grasprune.units import layout_of, project
 
@@ -74,21 +74,6 @@ def build_model(shape: dict, device: str):
     return model.eval().requires_grad_(False)
 
 
-def export_in_memory(adapter: ModelAdapter, layout, mask: torch.Tensor, device: str):
-    """The checkpoint our export would write, built in memory (no 7B safetensors on disk)."""
-    config = pruned_config(adapter.model.config, layout, mask)
-    state = sliced_state_dict(adapter, layout, mask, torch.ones(layout.num_units))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            pruned = model_class_for(config.model_type)(config)
-    finally:
-        torch.set_default_dtype(previous)
-    pruned.load_state_dict(state)
-    return pruned.eval().requires_grad_(False)
-
-
 def peak_memory(device: str) -> int:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated()
@@ -122,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     gates.remove()
 
     mask = project(torch.rand(layout.num_units, generator=torch.Generator().manual_seed(0)), layout, budget)
-    pruned = export_in_memory(adapter, layout, mask, device)
+    pruned = sliced_model(adapter, layout, mask)  # the checkpoint our export would write, in memory
     prompts = torch.randint(0, shape["vocab_size"], (args.prompts, args.prompt_len),
                             generator=torch.Generator().manual_seed(1))
     with Gates(adapter, layout) as check, torch.no_grad():

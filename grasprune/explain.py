@@ -20,7 +20,7 @@ import torch
 from .adapters import ModelAdapter
 from .config import DEFAULT_CALIB, DEFAULT_RESCALE
 from .data import calibration_blocks
-from .export import model_class_for, pruned_config, sliced_state_dict
+from .export import sliced_model
 from .gates import Gates
 from .models import load_model
 from .train import LoopConfig, block_loss, calibrate_scales, epoch_order, gate_probs, ste_factors
@@ -350,8 +350,5 @@ def folded_max_diff(lab: Lab, mask: torch.Tensor, gamma: torch.Tensor, ids: torc
         gated = model(input_ids=ids, use_cache=False).logits
     finally:
         lab.gates.set(None)
-    state = sliced_state_dict(lab.adapter, lab.layout, mask, gamma)
-    sliced = model_class_for(model.config.model_type)(pruned_config(model.config, lab.layout, mask))
-    sliced.load_state_dict(state)
-    logits = sliced.to(torch.float32).eval()(input_ids=ids, use_cache=False).logits
+    logits = sliced_model(lab.adapter, lab.layout, mask, gamma)(input_ids=ids, use_cache=False).logits
     return float((logits - gated).abs().max())

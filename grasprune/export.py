@@ -98,6 +98,28 @@ def model_class_for(model_type: str):
     return getattr(modeling_grasprune, f"Grasprune{FAMILY_CLASS[family.name]}ForCausalLM")
 
 
+@torch.no_grad()
+def sliced_model(adapter: ModelAdapter, layout: UnitLayout, mask: torch.Tensor,
+                 gamma: torch.Tensor | None = None) -> torch.nn.Module:
+    """The exported model, built in memory: the source's weights cut to ``mask`` (scales ``gamma``
+    folded, none by default), in the source's dtype and on its device, frozen, in eval mode."""
+    source = adapter.model
+    weight = next(source.parameters())
+    config = pruned_config(source.config, layout, mask)
+    state = sliced_state_dict(adapter, layout, mask, torch.ones(layout.num_units) if gamma is None else gamma)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(weight.dtype)  # built directly in the source's precision: no float32 copy
+    try:
+        with torch.device(weight.device):
+            model = model_class_for(config.model_type)(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.load_state_dict(state)
+    for name, buffer in source.named_buffers():  # e.g. RoPE frequencies, cast with the source
+        model.get_buffer(name).copy_(buffer)
+    return model.eval().requires_grad_(False)
+
+
 def save_pruned(
     out_dir: Path,
     adapter: ModelAdapter,

@@ -19,7 +19,7 @@ from .data import calibration_blocks
 from .distributed import world
 from .errors import UserError
 from .evaluate import perplexity
-from .export import load_pruned, save_pruned
+from .export import load_pruned, save_pruned, sliced_model
 from .gates import Gates
 from .placement import load_for_training
 from .runs import Run
@@ -195,10 +195,25 @@ def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit
                       checkpoint_every=config.checkpoint_every, distill=config.rescale_distill,
                       distill_topk=config.distill_topk, batch_blocks=config.batch_blocks,
                       teacher_cache_mb=_teacher_cache_mb(config))
-    gamma = calibrate_scales(model, gates, layout, mask, rescale, loop, adapter.family.scale_keys, emit, stop,
-                             run.scales_checkpoint)
+    student = _sliced_student(config, adapter, layout, mask)
+    try:
+        gamma = calibrate_scales(model, gates, layout, mask, rescale, loop, adapter.family.scale_keys, emit, stop,
+                                 run.scales_checkpoint, student)
+    finally:
+        if student is not None:
+            student[1].remove()
     timing["rescale_s"] = round(time.perf_counter() - started, 2)
     return gamma.cpu()
+
+
+def _sliced_student(config: PruneConfig, adapter: ModelAdapter, layout: UnitLayout, mask: torch.Tensor):
+    """The model cut to its mask, with gates of its own, for the scale calibration: on one device only
+    (a device map or FSDP shards would have to be rebuilt for it; there the gated full model is used)."""
+    if config.fsdp or config.device_map:
+        return None
+    student = sliced_model(adapter, layout, mask)
+    student_adapter = ModelAdapter(student)
+    return student, Gates(student_adapter, layout_of(student_adapter))
 
 
 def _evaluate_phase(config: PruneConfig, out_dir, report: dict, emit) -> None:

@@ -161,23 +161,27 @@ def sparse_kl(student: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ind
 
 def block_loss(
     model, block: torch.Tensor, gates: Gates | None = None, distill: float = 0.0,
-    teacher: TeacherCache | DenseTeacher | None = None,
+    teacher: TeacherCache | DenseTeacher | None = None, dense: tuple | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy of the gated model; with ``distill > 0``, mixed with the KL divergence
     to the ungated (dense) model's distribution: its top-k from a ``TeacherCache``, otherwise the full
-    distribution (kept by a ``DenseTeacher``, or from one extra forward pass without gradients)."""
+    distribution (kept by a ``DenseTeacher``, or from one extra forward pass without gradients).
+    ``dense`` is the teacher's ``(model, gates)`` when it is another model than ``model`` (the scale
+    calibration's student is the model cut to its mask); by default ``model`` with its gates off."""
     ids = block.unsqueeze(0).to(model.device)
+    dense_model, dense_gates = dense if dense is not None else (model, gates)
     if distill > 0 and gates is not None and isinstance(teacher, TeacherCache):
-        cached = teacher.get(model, block, gates)
+        cached = teacher.get(dense_model, block, dense_gates)
         student = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
         ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
         loss = (1 - distill) * ce + distill * sparse_kl(student, *cached)
     elif distill > 0 and gates is not None:
-        dense = teacher.logits(model, block, gates) if teacher else dense_logits(model, block, gates)[0, :-1]
-        dense = torch.log_softmax(dense.float(), -1)
+        target = (teacher.logits(dense_model, block, dense_gates) if teacher
+                  else dense_logits(dense_model, block, dense_gates)[0, :-1])
+        target = torch.log_softmax(target.float().to(model.device), -1)
         student = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
         ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
-        kl = torch.nn.functional.kl_div(student, dense, log_target=True, reduction="batchmean")
+        kl = torch.nn.functional.kl_div(student, target, log_target=True, reduction="batchmean")
         loss = (1 - distill) * ce + distill * kl
     else:
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss
@@ -327,23 +331,34 @@ def calibrate_scales(
     emit: Emit = no_events,
     stop: threading.Event | None = None,
     checkpoint: Path | None = None,
+    student: tuple | None = None,
 ) -> torch.Tensor:
-    """Learn a scale per kept unit with the mask fixed; return gamma (1 on pruned units)."""
+    """Learn a scale per kept unit with the mask fixed; return gamma (1 on pruned units).
+
+    ``student``, ``(model cut to mask, its Gates)`` from ``sliced_model``, computes the same function
+    as the gated full model without the pruned units' work (the scale calibration's forward and
+    backward passes shrink with the budget); the dense teacher stays ``model`` with its gates off.
+    The scales keep their full-layout vector either way (pruned units get zero gradients), so a
+    checkpoint resumes with or without a student."""
     teacher = teacher_for(cfg, None)
     raw = torch.nn.Parameter(torch.zeros(layout.num_units, device=model.device))
     mask = mask.to(model.device)
+    kept = torch.nonzero(mask > 0.5).flatten()
     loop = _Loop("scale_calibration", raw, blocks, cfg, emit, stop, checkpoint)
+    run_model, run_gates = student if student is not None else (model, gates)
 
     def step(block, index):
-        factors = mask * scale_factors(raw)
-        gates.set(factors, key_factors=None if scale_keys else mask)
-        return block_loss(model, block, gates, cfg.distill, teacher), {}
+        if student is None:
+            factors = mask * scale_factors(raw)
+            gates.set(factors, key_factors=None if scale_keys else mask)
+            return block_loss(model, block, gates, cfg.distill, teacher), {}
+        factors = scale_factors(raw[kept])
+        run_gates.set(factors, key_factors=None if scale_keys else torch.ones_like(factors))
+        return block_loss(run_model, block, run_gates, cfg.distill, teacher, dense=(model, gates)), {}
 
     try:
         loop.run(step)
     finally:
-        gates.set(None)
+        run_gates.set(None)
     gamma = scale_factors(raw.detach())
     return torch.where(mask.bool(), gamma, torch.ones_like(gamma))
-
-

@@ -7,6 +7,7 @@ from grasprune.adapters import ModelAdapter
 from grasprune.baselines import unit_importance
 from grasprune.config import VARIANTS, PruneConfig
 from grasprune.errors import UserError
+from grasprune.export import sliced_model
 from grasprune.gates import Gates
 from grasprune.train import (
     DenseTeacher,
@@ -103,6 +104,30 @@ def test_the_dense_teacher_cache_changes_no_bit_of_the_training():
         assert block_loss(model, blocks[1], gates, distill=0.5, teacher=tight).item() == pytest.approx(
             block_loss(model, blocks[1], gates, distill=0.5).item(), abs=0)
     assert len(tight.entries) == 1 and tight.used == cache.used  # the rest computed each time, not kept
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-bias", "qwen3"])
+def test_scale_calibration_on_the_sliced_model_learns_the_gated_models_scales(family):
+    """The pipeline calibrates the scales on the model cut to its mask (cheaper): the same function as
+    the gated full model, so the same scales up to float rounding, for every fold rule."""
+    model = tiny_model(family).requires_grad_(False)
+    adapter = ModelAdapter(model)
+    layout = layout_of(adapter)
+    blocks = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(5))
+    mask = project(torch.rand(layout.num_units, generator=torch.Generator().manual_seed(6)), layout,
+                   layout.budget(0.6))
+    loop = LoopConfig(epochs=2, lr=5e-2, distill=0.5)
+    scale_keys = adapter.family.scale_keys
+    with Gates(adapter, layout) as gates:
+        full = calibrate_scales(model, gates, layout, mask, blocks, loop, scale_keys)
+        student = sliced_model(adapter, layout, mask)
+        student_adapter = ModelAdapter(student)
+        assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in model.parameters())
+        with Gates(student_adapter, layout_of(student_adapter)) as student_gates:
+            cut = calibrate_scales(model, gates, layout, mask, blocks, loop, scale_keys,
+                                   student=(student, student_gates))
+    assert torch.all(cut[mask == 0] == 1) and (cut[mask > 0] - 1).abs().max() > 1e-2  # the scales moved
+    assert torch.allclose(full, cut, atol=1e-5, rtol=0)
 
 
 def test_topk_distillation_with_the_whole_vocabulary_is_the_exact_kl():
