@@ -11,8 +11,6 @@ if __name__ == "__main__":
 
     main()
 else:
-    from studio.heap import start_heap_trimmer
     from studio.routes import routes
 
-    start_heap_trimmer()  # the server's freed memory back to the OS every 30 s (see studio/heap.py)
     app = st.App("app.py", routes=routes())
