@@ -176,9 +176,7 @@ def block_loss(
         ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
         loss = (1 - distill) * ce + distill * sparse_kl(student, *cached)
     elif distill > 0 and gates is not None:
-        target = (teacher.logits(dense_model, block, dense_gates) if teacher
-                  else dense_logits(dense_model, block, dense_gates)[0, :-1])
-        target = torch.log_softmax(target.float().to(model.device), -1)
+        target = torch.log_softmax((teacher or DenseTeacher(0)).logits(dense_model, block, dense_gates).float(), -1)
         student = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
         ce = torch.nn.functional.nll_loss(student, ids[0, 1:])
         kl = torch.nn.functional.kl_div(student, target, log_target=True, reduction="batchmean")
