@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_studio(runs: Path, log_path: Path, timeout_s: float = 90) -> Iterator[tuple[str, subprocess.Popen]]:
+def serve_studio(runs: Path, log_path: Path, timeout_s: float = 300) -> Iterator[tuple[str, subprocess.Popen]]:
     """``streamlit run app.py`` on a free port with ``runs`` as its runs folder, started as Streamlit's
     own e2e suite starts it; yields its URL and process (the server itself: its pid is the one to watch)."""
     port = free_port()

@@ -252,6 +252,18 @@ def stop_orphan(run: Run) -> bool:
     return True
 
 
+def log_tail(path: Path, lines: int = 15, max_bytes: int = 16384) -> str | None:
+    """The last ``lines`` lines of a job log (None if there is none), read from its last ``max_bytes``
+    only: a live view polls it every second, and a long job's log grows without bound."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, 2) - max_bytes))
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def process_rss(pid: int | None) -> int | None:
     """Resident memory of a live process in bytes (Linux /proc), or None."""
     if not isinstance(pid, int) or pid <= 0:

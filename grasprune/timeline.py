@@ -35,6 +35,7 @@ class Timeline:
     churn: list[tuple[int, int]] = field(default_factory=list)
     kept_history: list[tuple[int, array, array]] = field(default_factory=list)  # (step, ffn, kv)
     model: dict | None = None  # the "model" event: layer shapes, budget, parameter counts
+    placement: dict | None = None  # the latest "placement" event: devices, layers, memory
     ffn_kept: list[int] | None = None
     kv_kept: list[int] | None = None
     eval_progress: tuple[str, int, int] | None = None  # (dataset, window, total)
@@ -54,6 +55,8 @@ class Timeline:
             self.step, self.eta, self.stopped, self.error = 0, None, False, None
         elif kind == "model":
             self.model = event
+        elif kind == "placement":
+            self.placement = event
         elif kind == "step":
             self._step(event)
         elif kind == "eval_progress":

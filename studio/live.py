@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from grasprune.cli_command import prune_command
-from grasprune.jobs import LOG_NAME, process_rss
+from grasprune.jobs import LOG_NAME, log_tail, process_rss
 from grasprune.runs import Run, run_in_root
 from grasprune.timeline import PHASE_LABELS, PHASES, Timeline
 
@@ -66,9 +66,9 @@ def render(run: Run) -> None:
     with st.expander("Equivalent command and job log"):
         st.code(prune_command(config, Path(run.extra()["out"]) if run.extra().get("out") else None),
                 language="bash")
-        log = run.folder / LOG_NAME
-        if log.is_file():
-            st.code("\n".join(log.read_text(errors="replace").splitlines()[-15:]) or "(empty)", language="text")
+        tail = log_tail(run.folder / LOG_NAME)
+        if tail is not None:
+            st.code(tail or "(empty)", language="text")
 
 
 def _status_line(run: Run, state: str, status: dict, tl: Timeline) -> None:

@@ -7,15 +7,16 @@ import streamlit as st
 
 from grasprune.runs import Run, open_run
 
-from .common import root, size
+from .common import root, size, timeline
 from .live import is_active
 
 MODES = {"single": "one device", "device_map": "a device map (accelerate)", "fsdp": "FSDP shards"}
 
 
 def latest_placement(run: Run) -> dict | None:
-    events = [e for e in run.events() if e.get("type") == "placement"]
-    return events[-1] if events else None
+    """From the session's incrementally read timeline: re-reading the whole event log every poll would
+    cost time and transient memory that grow with the log (a long run's log holds thousands of steps)."""
+    return timeline(run).placement
 
 
 def layer_ranges(layers: list[int]) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
-from grasprune.jobs import JobRegistry, process_rss
+from grasprune.jobs import JobRegistry, log_tail, process_rss
 from grasprune.runs import create_run
 
 
@@ -97,3 +97,13 @@ def test_process_rss_reads_live_processes_only():
     assert process_rss(os.getpid()) > 0
     assert process_rss(None) is None
     assert process_rss(2**22 + 12345) is None
+
+
+def test_the_log_tail_reads_only_the_end_of_a_long_log(tmp_path):
+    log = tmp_path / "job.log"
+    assert log_tail(log) is None
+    log.write_bytes(b"".join(b"step %d\r" % n for n in range(100_000)) + b"done\n\xff")
+    assert log_tail(log, lines=3) == "step 99999\ndone\n\ufffd"  # progress-bar updates are lines too
+    assert log_tail(log, lines=10**6).count("\n") < 16384 // 10  # only the last 16 KiB were read
+    log.write_text("")
+    assert log_tail(log) == ""

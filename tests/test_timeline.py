@@ -46,6 +46,13 @@ def test_incremental_reading_builds_the_same_timeline_as_one_read(tmp_path):
     assert incremental.step == whole.step == 39
 
 
+def test_the_timeline_keeps_the_latest_placement_for_the_placement_panel():
+    first = {"type": "placement", "mode": "single", "devices": [{"device": "cpu", "peak_bytes": None}]}
+    after = {"type": "placement", "mode": "single", "devices": [{"device": "cpu", "peak_bytes": 123}]}
+    assert timeline_of([]).placement is None
+    assert timeline_of([first, step(1), after, step(2)]).placement == after
+
+
 def test_curves_stay_bounded_and_span_the_whole_run():
     tl = Timeline()
     steps = 10 * HISTORY_POINTS
