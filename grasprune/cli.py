@@ -42,9 +42,11 @@ def add_prune_parser(sub) -> None:
                    .replace("%", "%%"))  # argparse %-formats help
     p.add_argument("--rescale-samples", type=int, help="scale-calibration blocks")
     p.add_argument("--rescale-epochs", type=int, help="scale-calibration epochs (0 skips it)")
-    p.add_argument("--variant", help="gate-training variant: distill (default), paper (the exact "
+    p.add_argument("--variant", help="gate-training variant: guided (default), distill, paper (the exact "
                                      "procedure) or importance")
     p.add_argument("--score-init", help="initial gate scores: zero (paper) or a one-shot importance")
+    p.add_argument("--init-strength", type=float, help="scale of an importance start's initial logits "
+                                                      "(default 1; smaller = a weaker prior)")
     p.add_argument("--tau-end", type=float, help="anneal the gate temperature linearly to this value")
     p.add_argument("--warmup", type=float, help="fraction of steps with a linear learning-rate warm-up")
     p.add_argument("--distill", type=float, help="weight of a KL loss to the dense model (0 = LM loss only)")
@@ -85,7 +87,7 @@ def config_from_args(args) -> PruneConfig:
         name: getattr(args, name)
         for name in ("model", "keep_ratio", "method", "calib_data", "calib_samples", "block_len", "epochs",
                      "rescale_data", "rescale_samples", "rescale_epochs", "lr", "tau", "seed", "device", "dtype",
-                     "variant", "score_init", "tau_end", "warmup", "distill", "distill_topk", "rescale_distill",
+                     "variant", "score_init", "init_strength", "tau_end", "warmup", "distill", "distill_topk", "rescale_distill",
                      "rescale_lr",
                      "checkpoint_every", "eval_seqlen", "eval_windows", "trust_remote_code", "allow_pickle",
                      "device_map", "fsdp", "batch_blocks", "teacher_cache_mb")

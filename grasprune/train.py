@@ -143,10 +143,17 @@ class DenseTeacher:
         key = TeacherCache.key(block)
         if key in self.entries:
             return self.entries[key].to(model.device)
-        logits = dense_logits(model, block, gates)[0, :-1]
+        return self.record(block, dense_logits(model, block, gates))
+
+    @torch.no_grad()
+    def record(self, block: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Keep the dense ``logits`` (1, L, V) of ``block`` if they fit; return them as (L - 1, V).
+        An importance pass over the same blocks hands its dense forward passes here, so the first
+        epoch runs no teacher forward of its own."""
+        logits = logits[0, :-1]
         size = logits.numel() * logits.element_size()
         if self.used + size <= self.limit:
-            self.entries[key] = logits.cpu()
+            self.entries[TeacherCache.key(block)] = logits.cpu()
             self.used += size
         return logits
 
@@ -190,13 +197,16 @@ def block_loss(
     return loss
 
 
-def teacher_for(cfg: LoopConfig, teacher: TeacherCache | None) -> TeacherCache | DenseTeacher | None:
-    """What a loop distils from: the given top-k cache or a new one, a dense-logits cache when blocks
-    come back (more than one epoch), or none (no distillation, or the teacher runs every step)."""
+def teacher_for(cfg: LoopConfig, teacher: TeacherCache | DenseTeacher | None) -> TeacherCache | DenseTeacher | None:
+    """What a loop distils from: the given cache (filled by an importance pass), a new top-k cache, a
+    dense-logits cache when blocks come back (more than one epoch), or none (no distillation, or the
+    teacher runs every step)."""
     if cfg.distill <= 0:
         return None
+    if teacher is not None:
+        return teacher
     if cfg.distill_topk > 0:
-        return teacher if teacher is not None else TeacherCache(cfg.distill_topk)
+        return TeacherCache(cfg.distill_topk)
     return DenseTeacher(cfg.teacher_cache_mb) if cfg.epochs > 1 else None
 
 
@@ -285,10 +295,10 @@ def train_gates(
     stop: threading.Event | None = None,
     checkpoint: Path | None = None,
     init_scores: torch.Tensor | None = None,
-    teacher: TeacherCache | None = None,
+    teacher: TeacherCache | DenseTeacher | None = None,
 ) -> torch.Tensor:
     """Learn one score per unit; return the final scores (the final mask is their projection).
-    ``teacher`` may hold dense top-k distributions recorded earlier (e.g. by the importance pass)."""
+    ``teacher`` may hold dense logits or top-k distributions recorded earlier (by the importance pass)."""
     teacher = teacher_for(cfg, teacher)
     scores = torch.zeros(layout.num_units, device=model.device) if init_scores is None else init_scores.clone()
     scores = torch.nn.Parameter(scores.float().to(model.device))

@@ -14,7 +14,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import gpu, gpu_fsdp, quality, speed
-from grasprune.config import DEFAULT_VARIANT
+from grasprune.config import DEFAULT_VARIANT, PruneConfig
 
 
 def quality_args(model_dir, tmp, *extra):
@@ -43,7 +43,11 @@ def test_quality_bench_writes_every_entry_with_its_numbers(quality_run):
     assert entries["magnitude one-shot"]["timing"]["rescale_s"] == 0.0
     assert entries["magnitude +scales"]["timing"]["rescale_s"] > 0.0
     assert os.path.isdir(entries[ours]["checkpoint"]) and entries["magnitude +scales"]["checkpoint"] is None
-    assert entries["magnitude +scales"]["settings"]["variant"] == DEFAULT_VARIANT  # its scale calibration's
+    # a baseline's scale calibration is the distill variant's, the same as the default's
+    assert entries["magnitude +scales"]["settings"]["variant"] == quality.BASELINE_SCALES_VARIANT
+    scales = [PruneConfig(variant=v, device="cpu").resolved() for v in (quality.BASELINE_SCALES_VARIANT,
+                                                                         DEFAULT_VARIANT)]
+    assert len({(c.rescale_distill, c.rescale_lr, c.rescale_epochs, c.distill_topk) for c in scales}) == 1
     table = (quality_run / "results" / "quality.md").read_text()
     assert f"| {ours} | 0.60 |" in table and "seqlen 32, first 2 windows" in table
     assert f"keep 0.60, wikitext2: {ours}" in table and "keep 0.60, wikitext2: grasprune (paper)" in table

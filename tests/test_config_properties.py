@@ -34,6 +34,7 @@ VALID = {
     "method": st.sampled_from(METHODS),
     "variant": st.sampled_from(list(VARIANTS)),
     "score_init": st.none() | st.sampled_from(SCORE_INITS),
+    "init_strength": st.none() | positive,
     "tau_end": st.none() | positive,
     "warmup": st.none() | st.floats(min_value=0.0, max_value=1.0, exclude_max=True, **finite),
     "distill": st.none() | st.floats(0.0, 1.0),
@@ -70,6 +71,7 @@ OUT_OF_RANGE = {
     "method": texts.filter(lambda s: s not in METHODS),
     "variant": texts.filter(lambda s: s not in VARIANTS),
     "score_init": texts.filter(lambda s: s not in SCORE_INITS),
+    "init_strength": st.floats(max_value=0.0) | st.sampled_from([math.nan, math.inf]),
     "tau_end": st.floats(max_value=0.0) | st.sampled_from([math.nan, math.inf]),
     "warmup": st.floats(max_value=0.0, exclude_max=True) | st.floats(min_value=1.0) | st.just(math.nan),
     "distill": st.floats(max_value=0.0, exclude_max=True) | st.floats(min_value=1.0, exclude_min=True)

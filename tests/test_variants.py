@@ -55,6 +55,9 @@ def test_importance_start_is_a_percentile_within_each_kind():
         assert torch.all(torch.diff(probs[members][order_by_importance]) >= 0)
         assert 0.02 <= probs[members].min() and probs[members].max() <= 0.98
         assert probs[members].mean() == pytest.approx(0.5, abs=0.02)
+    # --init-strength multiplies the logits: the same order, probabilities pulled toward 0.5
+    weak = scores_from_importance(importance, layout, tau=1.5 * 0.1) / 1.5
+    assert torch.allclose(weak, 0.1 * torch.logit(probs), atol=1e-5)
 
 
 def test_distillation_against_itself_is_the_scaled_lm_loss():
@@ -162,6 +165,23 @@ def test_the_importance_pass_records_the_teacher_a_lazy_cache_would_compute():
             for want, got in zip(lazy.get(model, block, gates), recorded.get(model, block, gates), strict=True):
                 assert torch.equal(want, got)
         assert torch.equal(model(input_ids=blocks[:1]).logits, gated)
+
+
+def test_an_importance_pass_fills_the_dense_teacher_without_changing_the_training():
+    model = tiny_model("llama").requires_grad_(False)
+    adapter = ModelAdapter(model)
+    layout = layout_of(adapter)
+    blocks = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(5))
+    recorded = DenseTeacher(limit_mb=64)
+    unit_importance("wanda-sp", model, adapter, layout, blocks, on_logits=recorded.record)
+    assert len(recorded.entries) == 3 and recorded.used == 3 * 15 * model.config.vocab_size * 4
+    loop = LoopConfig(epochs=2, distill=0.5, teacher_cache_mb=64)
+    with Gates(adapter, layout) as gates:
+        for block in blocks:  # the recorded logits are the ones a teacher forward computes
+            assert torch.equal(recorded.logits(model, block, gates), DenseTeacher(0).logits(model, block, gates))
+        filled = train_gates(model, gates, layout, blocks, layout.budget(0.6), loop, teacher=recorded)
+        lazy = train_gates(model, gates, layout, blocks, layout.budget(0.6), loop)
+    assert torch.equal(filled, lazy)
 
 
 def test_rescale_distillation_follows_distill_unless_set():
