@@ -68,7 +68,8 @@ def unit_importance(
     raw = {
         "random": lambda: random_scores(layout, seed),
         "magnitude": lambda: magnitude_scores(adapter, layout),
-        "wanda-sp": lambda: wanda_sp_scores(adapter, layout, input_statistics(model, adapter, blocks, on_logits)),
+        "wanda-sp": lambda: wanda_sp_scores(adapter, layout, input_statistics(model, adapter, blocks, on_logits,
+                                                                              with_mean=False)),
         "taylor": lambda: taylor_scores(model, adapter, layout, blocks),
     }[method]()
     return rank_within_layer(raw, layout)
@@ -156,9 +157,12 @@ class InputStats:
 
 @torch.no_grad()
 def input_statistics(
-    model: nn.Module, adapter: ModelAdapter, blocks: torch.Tensor, on_logits: LogitsSink | None = None
+    model: nn.Module, adapter: ModelAdapter, blocks: torch.Tensor, on_logits: LogitsSink | None = None,
+    with_mean: bool = True,
 ) -> list[dict[str, InputStats]]:
-    """Per layer, the column statistics of the inputs of ``down_proj`` and ``o_proj`` over ``blocks``."""
+    """Per layer, the column statistics of the inputs of ``down_proj`` and ``o_proj`` over ``blocks``.
+    ``with_mean=False`` skips the column sums (their ``total`` stays zero), for a criterion that needs
+    only the norms: a fifth less work in a pass that runs a float64 reduction per linear and token."""
     stats: list[dict[str, InputStats]] = [{} for _ in adapter.views]
 
     def hook(i: int, name: str):
@@ -168,7 +172,8 @@ def input_statistics(
                 zeros = torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device)
                 stats[i][name] = InputStats(zeros, zeros.clone(), 0)
             entry = stats[i][name]
-            entry.total += x.sum(0)
+            if with_mean:
+                entry.total += x.sum(0)
             entry.squares += x.pow(2).sum(0)
             entry.count += x.shape[0]
 

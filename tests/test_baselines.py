@@ -148,6 +148,8 @@ def test_input_statistics_are_the_token_mean_variance_and_norm():
     torch.testing.assert_close(stats.mean, x.mean(0))
     torch.testing.assert_close(stats.variance, x.var(0))
     torch.testing.assert_close(stats.norm, x.norm(dim=0))
+    norms_only = input_statistics(model, adapter, blocks, with_mean=False)[1]["down"]
+    assert torch.equal(norms_only.squares, stats.squares) and not norms_only.total.any()
 
 
 def test_wanda_sp_weighs_output_columns_by_input_norms():
