@@ -89,6 +89,10 @@ class PruneConfig:
         if self.variant not in VARIANTS:
             raise UserError(f"unknown variant {_show(self.variant)}: choose one of {', '.join(VARIANTS)}")
         defaults = {**defaults, **VARIANTS[self.variant]}
+        if (self.fsdp or self.device_map is not None) and defaults["score_init"] not in ("zero", "random"):
+            # importance criteria read whole weight matrices, which FSDP shards and a device map may keep
+            # on disk: the variant's start falls back to tied scores (`guided` trains as `distill`)
+            defaults["score_init"] = "zero"
         filled = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()}
         if self.rescale_distill is None:
             filled["rescale_distill"] = filled.get("distill", self.distill)

@@ -32,7 +32,7 @@ from conftest import REPO
 def tiny_config(model_dir, **overrides) -> PruneConfig:
     settings = {"model": str(model_dir), "keep_ratio": 0.6, "calib_samples": 4, "block_len": 32, "epochs": 2,
                 "rescale_samples": 4, "eval_datasets": [], "device": "cpu", "dtype": "bf16",
-                "batch_blocks": 2}
+                "batch_blocks": 2, "variant": "distill"}
     return PruneConfig(**{**settings, **overrides})
 
 

@@ -189,3 +189,12 @@ def test_rescale_distillation_follows_distill_unless_set():
     assert PruneConfig(distill=0.3, rescale_distill=0.0, device="cpu").resolved().rescale_distill == 0.0
     with pytest.raises(UserError, match="--distill-topk"):
         PruneConfig(distill_topk=-1, device="cpu").resolved()
+
+
+def test_the_guided_start_falls_back_to_tied_scores_where_weights_are_sharded_or_offloaded():
+    assert PruneConfig(device="cpu").resolved().score_init == "wanda-sp"
+    for placement in ({"fsdp": True}, {"device_map": "auto"}):
+        config = PruneConfig(device="cpu", **placement).resolved()
+        assert config.score_init == "zero" and config.distill == 0.5  # trains as `distill`
+    explicit = PruneConfig(device="cpu", fsdp=True, score_init="wanda-sp").resolved()
+    assert explicit.score_init == "wanda-sp"  # an explicit choice stays, and FSDP refuses it before loading
