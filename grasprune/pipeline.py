@@ -24,13 +24,12 @@ from .gates import Gates
 from .placement import load_for_training
 from .runs import Run
 from .train import (
-    DenseTeacher,
     LoopConfig,
     Stopped,
-    TeacherCache,
     calibrate_scales,
     gate_probs,
     scores_from_importance,
+    teacher_for,
     train_gates,
 )
 from .units import UnitLayout, layout_of, project
@@ -156,32 +155,20 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
         timing["importance_s"] = round(time.perf_counter() - started, 2)
         return scores
     init = None
-    teacher = _teacher(config)
-    if config.score_init != "zero" and not run.gates_checkpoint.is_file():  # a resumed run restores its scores
-        record = teacher.record if teacher is not None else None
-        importance = _importance(config.score_init, config, model, gates, layout, calib, emit, record)
-        init = scores_from_importance(importance, layout, config.tau * config.init_strength)
-    emit("phase", phase="gate_training", total=config.epochs * -(-calib.shape[0] // config.batch_blocks))
     loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,
                       checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
                       distill=config.distill, distill_topk=config.distill_topk,
                       batch_blocks=config.batch_blocks, teacher_cache_mb=_teacher_cache_mb(config))
+    start = config.score_init != "zero" and not run.gates_checkpoint.is_file()  # a resumed run restores its scores
+    teacher = teacher_for(loop, None, prefilled=start)  # made here so that the importance pass can fill it
+    if start:
+        record = teacher.record if teacher is not None else None
+        importance = _importance(config.score_init, config, model, gates, layout, calib, emit, record)
+        init = scores_from_importance(importance, layout, config.tau * config.init_strength)
+    emit("phase", phase="gate_training", total=config.epochs * -(-calib.shape[0] // config.batch_blocks))
     scores = train_gates(model, gates, layout, calib, budget, loop, emit, stop, run.gates_checkpoint, init, teacher)
     timing["gate_training_s"] = round(time.perf_counter() - started, 2)
     return scores
-
-
-def _teacher(config: PruneConfig) -> TeacherCache | DenseTeacher | None:
-    """The gate loop's distillation target, made here so that an importance pass can fill it: the
-    dense model's top-k per block, or its full logits (kept up to the cache limit) when blocks come
-    back or an importance pass computes them anyway; None when the teacher runs every step."""
-    if config.distill <= 0:
-        return None
-    if config.distill_topk > 0:
-        return TeacherCache(config.distill_topk)
-    if config.epochs > 1 or config.score_init != "zero":
-        return DenseTeacher(_teacher_cache_mb(config))
-    return None
 
 
 def _teacher_cache_mb(config: PruneConfig) -> int:

@@ -197,17 +197,19 @@ def block_loss(
     return loss
 
 
-def teacher_for(cfg: LoopConfig, teacher: TeacherCache | DenseTeacher | None) -> TeacherCache | DenseTeacher | None:
+def teacher_for(
+    cfg: LoopConfig, teacher: TeacherCache | DenseTeacher | None, prefilled: bool = False
+) -> TeacherCache | DenseTeacher | None:
     """What a loop distils from: the given cache (filled by an importance pass), a new top-k cache, a
-    dense-logits cache when blocks come back (more than one epoch), or none (no distillation, or the
-    teacher runs every step)."""
+    dense-logits cache when blocks come back (more than one epoch) or when an importance pass will
+    fill it (``prefilled``), or none (no distillation, or the teacher runs every step)."""
     if cfg.distill <= 0:
         return None
     if teacher is not None:
         return teacher
     if cfg.distill_topk > 0:
         return TeacherCache(cfg.distill_topk)
-    return DenseTeacher(cfg.teacher_cache_mb) if cfg.epochs > 1 else None
+    return DenseTeacher(cfg.teacher_cache_mb) if cfg.epochs > 1 or prefilled else None
 
 
 class _Loop:
