@@ -9,7 +9,8 @@ one-shot (``rescale_epochs=0``, as published) and with our scale calibration (``
 GRASPrune always with its scale calibration, once per gate-training variant (the default and the
 authors' ``paper`` procedure); a baseline's scale calibration is the ``distill`` variant's, which the
 default shares. ``quality.json`` is rewritten atomically after every entry, and entries already there
-with the same settings are skipped, so the grid can be filled in over several sessions. ``quality.md`` (table, who wins) and ``quality.png`` are redrawn each time.
+with the same settings are skipped, so the grid can be filled in over several sessions. ``quality.md``
+(table, who wins) and ``quality.png`` are redrawn each time.
 """
 
 from __future__ import annotations

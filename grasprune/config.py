@@ -18,6 +18,9 @@ DEFAULT_RESCALE = "wikitext2#lines=50%:100%"
 METHODS = ("grasprune", "random", "magnitude", "wanda-sp", "flap", "taylor")
 DTYPES = ("auto", "bf16", "fp32")
 SCORE_INITS = ("zero", "random", "magnitude", "wanda-sp", "flap", "taylor")
+# starts that read no weight matrix: the only ones possible where FSDP shards the weights or a device map
+# keeps them on disk
+WEIGHT_FREE_INITS = ("zero", "random")
 
 # Gate-training variants (issue 7): "paper" is the authors' procedure exactly; the others change the
 # options below, each of which can also be set on its own (an explicit setting wins over the variant).
@@ -89,7 +92,7 @@ class PruneConfig:
         if self.variant not in VARIANTS:
             raise UserError(f"unknown variant {_show(self.variant)}: choose one of {', '.join(VARIANTS)}")
         defaults = {**defaults, **VARIANTS[self.variant]}
-        if (self.fsdp or self.device_map is not None) and defaults["score_init"] not in ("zero", "random"):
+        if (self.fsdp or self.device_map is not None) and defaults["score_init"] not in WEIGHT_FREE_INITS:
             # importance criteria read whole weight matrices, which FSDP shards and a device map may keep
             # on disk: the variant's start falls back to tied scores (`guided` trains as `distill`)
             defaults["score_init"] = "zero"

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import DEVICE_MAPS, PruneConfig, torch_dtype
+from .config import DEVICE_MAPS, WEIGHT_FREE_INITS, PruneConfig, torch_dtype
 from .distributed import join_single_process_group, world
 from .errors import UserError
 from .models import load_model
@@ -202,7 +202,7 @@ def round_buffers(model: nn.Module, dtype: torch.dtype) -> None:
 def check_fsdp(config: PruneConfig, world_size: int) -> None:
     """What FSDP cannot do, refused before anything loads. Every rank must run the same forward passes
     in the same order (each one all-gathers the layers' weights)."""
-    if config.method != "grasprune" or config.score_init not in (None, "zero", "random"):
+    if config.method != "grasprune" or config.score_init not in (None, *WEIGHT_FREE_INITS):
         raise UserError("--fsdp trains gates from zero or random scores: one-shot importance criteria read "
                         "whole weight matrices, which FSDP shards (drop --fsdp, or use --score-init zero)")
     if config.batch_blocks % world_size:
