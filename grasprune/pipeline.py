@@ -181,6 +181,11 @@ def _importance(name: str, config, model, gates, layout, calib, emit, on_logits=
     """One-shot per-unit importance: a baseline's ranking, or the start of the gate scores."""
     from .baselines import unit_importance
 
+    if name != "random" and any(p.device.type == "meta" for p in model.parameters()):
+        what = f"--method {name}" if config.method != "grasprune" else f"--score-init {name}"
+        raise UserError(f"{what} reads whole weight matrices, but the device map keeps some on disk: map every "
+                        "layer to a GPU or 'cpu', or train gates from tied scores (--method grasprune "
+                        "--score-init zero)")
     emit("phase", phase="importance")
     return unit_importance(name, model, gates.adapter, layout, calib, seed=config.seed, on_logits=on_logits)
 

@@ -199,6 +199,13 @@ def test_a_device_map_in_two_parts_gives_the_unsplit_result(reference, tiny_mode
     assert rows["cpu"]["peak_bytes"] > 0 and rows["disk"]["peak_bytes"] is None
 
 
+@pytest.mark.parametrize("choice", [{"method": "wanda-sp"}, {"score_init": "magnitude"}])
+def test_a_criterion_that_reads_weights_refuses_layers_kept_on_disk(tiny_model_dir, split_map, tmp_path, choice):
+    config = tiny_config(tiny_model_dir, device_map=str(split_map), **choice)
+    with pytest.raises(UserError, match=r"reads whole weight matrices, but the device map keeps some on disk"):
+        single_process(config, tmp_path)
+
+
 def test_offloaded_layers_really_load_per_forward(tiny_model_dir, split_map):
     placed = load_for_training(tiny_config(tiny_model_dir, device_map=str(split_map)).resolved())
     layers = placed.model.model.layers
