@@ -16,9 +16,12 @@ with the same settings are skipped, so the grid can be filled in over several se
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -156,26 +159,54 @@ def load_results(path: Path) -> dict:
     return {"entries": []}
 
 
+@contextmanager
+def locked(json_path: Path) -> Iterator[None]:
+    """Exclusive use of a results file: two bench.quality processes may fill one grid side by side
+    (say, one variant each at one thread), and each re-reads the file under this lock before it adds
+    an entry, so neither overwrites the other's."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(json_path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def add_entry(json_path: Path, entry: dict, reports: Path | None = None) -> None:
+    """Append ``entry`` to the results file as it is now on disk, and redraw the reports in ``reports``
+    from all its entries (under the same lock, so the last report drawn holds every entry)."""
+    with locked(json_path):
+        results = load_results(json_path)
+        results["entries"].append(entry)
+        write_json_atomic(json_path, results)
+        if reports is not None:
+            write_reports(results["entries"], reports)
+
+
+def done_settings(json_path: Path) -> list[dict]:
+    with locked(json_path):
+        return [entry["settings"] for entry in load_results(json_path)["entries"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
     json_path = args.out / "quality.json"
-    results = load_results(json_path)
-    done = [entry["settings"] for entry in results["entries"]]
     for settings in planned(args):
-        if settings in done:
+        if settings in done_settings(json_path):
             continue
         print(f"[bench.quality] {label(settings)} keep={settings.get('keep_ratio', 1.0)}", flush=True)
         started = time.perf_counter()
         entry = dense_entry(settings) if settings["method"] == "dense" else pruned_entry(settings, args)
         conditions = setting(settings["model"], entry["eval_dtype"], train_dtype=entry.get("train_dtype"))
-        results["entries"].append({"settings": settings, "label": label(settings), **entry,
-                                   "wall_s": round(time.perf_counter() - started, 2), "setting": conditions})
-        write_json_atomic(json_path, results)
-        write_reports(results["entries"], args.out)
+        add_entry(json_path, {"settings": settings, "label": label(settings), **entry,
+                              "wall_s": round(time.perf_counter() - started, 2), "setting": conditions}, args.out)
         print(f"[bench.quality]   {entry['metrics']} ({describe(conditions)})", flush=True)
-    if results["entries"]:
-        write_reports(results["entries"], args.out)
+    with locked(json_path):
+        entries = load_results(json_path)["entries"]
+        if entries:
+            write_reports(entries, args.out)
     return 0
 
 

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,25 @@ def test_an_entry_interrupted_mid_run_resumes_its_run(tiny_model_dir, tmp_path, 
                if e["label"] == "grasprune (paper)"]
     assert entry["resumed"] is True and entry["run"] == str(interrupted.resolve())
     assert "(resumed" in (tmp_path / "results" / "quality.md").read_text()
+
+
+def _add_entries(json_path: str, writer: int, count: int) -> None:
+    for i in range(count):
+        quality.add_entry(Path(json_path), {"settings": {"writer": writer, "i": i}})
+
+
+def test_two_processes_filling_one_grid_lose_no_entry(tmp_path):
+    """Two bench.quality processes side by side (one variant each) append to one quality.json."""
+    import multiprocessing
+
+    json_path = tmp_path / "results" / "quality.json"
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_add_entries, args=(str(json_path), w, 25)) for w in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    settings = [e["settings"] for e in json.loads(json_path.read_text())["entries"]]
+    assert sorted((s["writer"], s["i"]) for s in settings) == [(w, i) for w in range(2) for i in range(25)]
+    assert quality.done_settings(json_path) == settings
