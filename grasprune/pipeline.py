@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from .adapters import ModelAdapter
 from .atomic import write_atomic, write_json_atomic
-from .config import PruneConfig
+from .config import WEIGHT_FREE_INITS, PruneConfig
 from .data import calibration_blocks
 from .distributed import world
 from .errors import UserError
@@ -181,7 +181,7 @@ def _importance(name: str, config, model, gates, layout, calib, emit, on_logits=
     """One-shot per-unit importance: a baseline's ranking, or the start of the gate scores."""
     from .baselines import unit_importance
 
-    if name != "random" and any(p.device.type == "meta" for p in model.parameters()):
+    if name not in WEIGHT_FREE_INITS and any(p.device.type == "meta" for p in model.parameters()):
         what = f"--method {name}" if config.method != "grasprune" else f"--score-init {name}"
         raise UserError(f"{what} reads whole weight matrices, but the device map keeps some on disk: map every "
                         "layer to a GPU or 'cpu', or train gates from tied scores (--method grasprune "
