@@ -29,7 +29,9 @@ def markdown(results: dict) -> str:
             f"{overhead['gate_step_median_s']:.4f} |"),
             f"| plain forward+backward (gradient to the input embeddings) | {overhead['plain_step_median_s']:.4f} |",
             "",
-            f"Ratio **{overhead['ratio']:.3f}×** ({ok} the {OVERHEAD_LIMIT:.2f}× limit).", "",
+            f"Ratio **{overhead['ratio']:.3f}×** ({ok} the {OVERHEAD_LIMIT:.2f}× limit)"
+            + (f"; median of the per-round ratios {overhead['paired_ratio']:.3f}×." if "paired_ratio" in overhead
+               else "."), "",
         ]
     stages = results.get("stages")
     if stages:

@@ -78,9 +78,13 @@ def interleaved_times(steps: dict[str, Callable[[], None]], repeats: int, warmup
 
 
 def overhead_summary(times: dict[str, list[float]]) -> dict:
+    """``ratio``: median gate step over median plain step. ``paired_ratio``: the median of each round's
+    gate/plain ratio; the two steps of a round run back to back, so a machine that drifts slower or
+    faster over the run (these VMs do, by 20% within minutes) moves both and cancels out."""
     gate, plain = statistics.median(times["gate_step"]), statistics.median(times["plain_step"])
+    paired = statistics.median(g / p for g, p in zip(times["gate_step"], times["plain_step"]))
     return {"gate_step_median_s": round(gate, 5), "plain_step_median_s": round(plain, 5),
-            "ratio": round(gate / plain, 4), "repeats": len(times["gate_step"]),
+            "ratio": round(gate / plain, 4), "paired_ratio": round(paired, 4), "repeats": len(times["gate_step"]),
             "gate_step_s": [round(t, 5) for t in times["gate_step"]],
             "plain_step_s": [round(t, 5) for t in times["plain_step"]]}
 

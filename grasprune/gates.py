@@ -32,6 +32,7 @@ class Gates:
         self._handles = []
         fallback = next(adapter.model.parameters()).device
         self.devices = [execution_device(layer, fallback) for layer in adapter.model.model.layers]
+        self.dtype = adapter.views[0].down.weight.dtype if adapter.views else torch.float32
         for i, view in enumerate(adapter.views):
             self._handles.append(view.down.register_forward_pre_hook(self._ffn_hook(i)))
             self._handles.append(view.key_output.register_forward_hook(self._kv_hook(self._key, i)))
@@ -47,12 +48,27 @@ class Gates:
             for slots in (self._ffn, self._kv, self._key):
                 slots[:] = [None] * self.layout.num_layers
             return
-        key_parts = self.layout.split(factors if key_factors is None else key_factors)
-        for i, (ffn, kv) in enumerate(self.layout.split(factors)):
-            device = self.devices[i]
-            self._ffn[i] = ffn.to(device)
-            self._kv[i] = kv.to(device).repeat_interleave(self.head_dim)
-            self._key[i] = key_parts[i][1].to(device).repeat_interleave(self.head_dim)
+        self._ffn[:] = self._per_layer(self._ffn_part(factors))
+        self._kv[:] = self._per_layer(self._kv_part(factors))
+        self._key[:] = self._per_layer(self._kv_part(factors if key_factors is None else key_factors))
+
+    def _ffn_part(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [ffn for ffn, _ in self.layout.split(flat)]
+
+    def _kv_part(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's KV factors repeated over the head dimension (one factor per key/value column)."""
+        return [kv.repeat_interleave(self.head_dim) for _, kv in self.layout.split(flat)]
+
+    def _per_layer(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The layers' factors on their devices, in their activations' dtype.
+
+        One dtype conversion for the whole vector instead of one per layer and hook call (a bf16 model
+        had ~90 conversions forward and backward per step); the values, and the gradients reaching the
+        scores, are bit for bit those of converting each slice on its own."""
+        if len(set(self.devices)) > 1 or not parts:
+            return [part.to(device, self.dtype) for part, device in zip(parts, self.devices)]
+        whole = torch.cat(parts).to(self.devices[0], self.dtype)
+        return list(torch.split(whole, [part.numel() for part in parts]))
 
     def snapshot(self) -> tuple[list, list, list]:
         return list(self._ffn), list(self._kv), list(self._key)

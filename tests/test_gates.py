@@ -69,3 +69,41 @@ def test_removing_gates_restores_the_model():
             assert not torch.allclose(model(ids).logits, before)
         after = model(ids).logits
     assert torch.equal(before, after)
+
+
+def per_slice_gradient(model, adapter, layout, factors, ids):
+    """Reference: each layer's factors converted to the model's dtype on their own, inside the
+    hooks (how the gates worked before they converted the whole vector at once)."""
+    hd = adapter.head_dim
+    handles = []
+    for view, (ffn, kv) in zip(adapter.views, layout.split(factors)):
+        handles.append(view.down.register_forward_pre_hook(
+            lambda m, args, z=ffn: (args[0] * z.to(args[0].dtype),)))
+        for module in (view.key_output, view.v):
+            handles.append(module.register_forward_hook(
+                lambda m, args, out, z=kv: out * z.repeat_interleave(hd).to(out.dtype)))
+    try:
+        model(input_ids=ids, labels=ids).loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_bf16_gates_give_the_scores_the_gradient_of_per_layer_conversion_bit_for_bit():
+    model = tiny_model("llama").to(torch.bfloat16).requires_grad_(False)
+    adapter = ModelAdapter(model)
+    layout = layout_of(adapter)
+    ids = torch.randint(0, 256, (1, 24))
+    grads = []
+    for use_gates in (True, False):
+        scores = torch.nn.Parameter(torch.randn(layout.num_units, generator=torch.Generator().manual_seed(0)))
+        factors, _ = ste_factors(scores, layout, layout.budget(0.6), tau=1.5)
+        if use_gates:
+            with Gates(adapter, layout) as gates:
+                gates.set(factors)
+                model(input_ids=ids, labels=ids).loss.backward()
+        else:
+            per_slice_gradient(model, adapter, layout, factors, ids)
+        grads.append(scores.grad)
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])
