@@ -69,6 +69,9 @@ def add_prune_parser(sub) -> None:
                    help="under torchrun: shard the frozen model over the processes (FSDP)")
     p.add_argument("--batch-blocks", type=int, help="calibration blocks per step (default 1), split over "
                                                    "torchrun's processes")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the gated training passes: each phase's first step compiles (about 2 "
+                        "min on 2 CPU cores), later steps run ~1.4x faster; worth it from ~500 steps")
     p.add_argument("--eval", dest="eval_datasets", help="comma-separated ppl datasets after export, or 'none'")
     p.add_argument("--eval-seqlen", type=int)
     p.add_argument("--eval-windows", type=int)
@@ -90,7 +93,7 @@ def config_from_args(args) -> PruneConfig:
                      "variant", "score_init", "init_strength", "tau_end", "warmup", "distill", "distill_topk", "rescale_distill",
                      "rescale_lr",
                      "checkpoint_every", "eval_seqlen", "eval_windows", "trust_remote_code", "allow_pickle",
-                     "device_map", "fsdp", "batch_blocks", "teacher_cache_mb")
+                     "device_map", "fsdp", "batch_blocks", "teacher_cache_mb", "compile")
         if getattr(args, name) is not None
     }
     if args.ratio is not None:

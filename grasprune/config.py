@@ -84,6 +84,7 @@ class PruneConfig:
     fsdp: bool = False  # shard the frozen backbone across the torchrun ranks (FSDP2)
     batch_blocks: int = 1  # calibration blocks per step: the global batch, split across the ranks
     teacher_cache_mb: int = 2048  # full distillation over epochs > 1: dense logits kept in host memory
+    compile: bool = False  # torch.compile the gated training passes: pays off on long runs only
 
     def resolved(self) -> PruneConfig:
         """A copy with the device, dtype and size defaults filled in, validated."""
@@ -136,6 +137,8 @@ class PruneConfig:
         if self.device_map is not None and self.fsdp:
             raise UserError("--device-map and --fsdp exclude each other: a device map splits one replica "
                             "over devices, FSDP shards it over processes")
+        if self.compile and (self.device_map is not None or self.fsdp):
+            raise UserError("--compile works on one device only: drop --compile, or --device-map/--fsdp")
         if self.rescale_epochs < 0:
             raise UserError(f"--rescale-epochs must be 0 or more (got {self.rescale_epochs})")
         if self.teacher_cache_mb < 0:

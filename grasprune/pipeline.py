@@ -158,7 +158,8 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
     loop = LoopConfig(epochs=config.epochs, lr=config.lr, tau=config.tau, seed=config.seed,
                       checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
                       distill=config.distill, distill_topk=config.distill_topk,
-                      batch_blocks=config.batch_blocks, teacher_cache_mb=_teacher_cache_mb(config))
+                      batch_blocks=config.batch_blocks, teacher_cache_mb=_teacher_cache_mb(config),
+                      compile=config.compile)
     start = config.score_init != "zero" and not run.gates_checkpoint.is_file()  # a resumed run restores its scores
     teacher = teacher_for(loop, None, prefilled=start)  # made here so that the importance pass can fill it
     if start:
@@ -200,7 +201,7 @@ def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit
     loop = LoopConfig(epochs=config.rescale_epochs, lr=config.rescale_lr, seed=config.seed + 1,
                       checkpoint_every=config.checkpoint_every, distill=config.rescale_distill,
                       distill_topk=config.distill_topk, batch_blocks=config.batch_blocks,
-                      teacher_cache_mb=_teacher_cache_mb(config))
+                      teacher_cache_mb=_teacher_cache_mb(config), compile=config.compile)
     student = _sliced_student(config, adapter, layout, mask)
     try:
         gamma = calibrate_scales(model, gates, layout, mask, rescale, loop, adapter.family.scale_keys, emit, stop,

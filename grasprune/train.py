@@ -44,6 +44,7 @@ class LoopConfig:
     distill_topk: int = 0  # > 0: distil to the dense model's cached top-k distribution (one forward per block)
     batch_blocks: int = 1  # blocks per step: the global batch, split across the ranks under torchrun
     teacher_cache_mb: int = 2048  # full distillation: keep the dense logits of up to this many MB of blocks
+    compile: bool = False  # run the gated (student) passes through torch.compile; the teacher stays eager
 
     def tau_at(self, step: int, total: int) -> float:
         if self.tau_end is None or total <= 1:
@@ -197,6 +198,14 @@ def block_loss(
     return loss
 
 
+def student_model(model, cfg: LoopConfig):
+    """The model the gated forward and backward passes run through: ``model`` itself, or with
+    ``cfg.compile`` its ``torch.compile`` (static shapes). The gates' factors are tensors read by the
+    hooks, so new factors each step reuse the compiled graph; the dense teacher keeps calling ``model``
+    (gates off would be another graph to compile)."""
+    return torch.compile(model, dynamic=False) if cfg.compile else model
+
+
 def teacher_for(
     cfg: LoopConfig, teacher: TeacherCache | DenseTeacher | None, prefilled: bool = False
 ) -> TeacherCache | DenseTeacher | None:
@@ -306,12 +315,13 @@ def train_gates(
     scores = torch.nn.Parameter(scores.float().to(model.device))
     loop = _Loop("gate_training", scores, blocks, cfg, emit, stop, checkpoint)
     previous = [None]
+    student = student_model(model, cfg)
 
     def step(block, index):
         tau = cfg.tau_at(index, loop.total)
         factors, mask = ste_factors(scores, layout, budget, tau)
         gates.set(factors)
-        loss = block_loss(model, block, gates, cfg.distill, teacher)
+        loss = block_loss(student, block, gates, cfg.distill, teacher, dense=(model, gates))
         churn = 0 if previous[0] is None else int((mask != previous[0]).sum())
         previous[0] = mask
         ffn, kv = layout.kept_counts(mask)
@@ -356,15 +366,16 @@ def calibrate_scales(
     kept = torch.nonzero(mask > 0.5).flatten()
     loop = _Loop("scale_calibration", raw, blocks, cfg, emit, stop, checkpoint)
     run_model, run_gates = student if student is not None else (model, gates)
+    compiled = student_model(run_model, cfg)
 
     def step(block, index):
         if student is None:
             factors = mask * scale_factors(raw)
             gates.set(factors, key_factors=None if scale_keys else mask)
-            return block_loss(model, block, gates, cfg.distill, teacher), {}
+            return block_loss(compiled, block, gates, cfg.distill, teacher, dense=(model, gates)), {}
         factors = scale_factors(raw[kept])
         run_gates.set(factors, key_factors=None if scale_keys else torch.ones_like(factors))
-        return block_loss(run_model, block, run_gates, cfg.distill, teacher, dense=(model, gates)), {}
+        return block_loss(compiled, block, run_gates, cfg.distill, teacher, dense=(model, gates)), {}
 
     try:
         loop.run(step)

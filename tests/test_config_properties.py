@@ -63,6 +63,7 @@ VALID = {
     "fsdp": st.booleans(),
     "batch_blocks": counts,
     "teacher_cache_mb": st.integers(0, 10**7),
+    "compile": st.booleans(),
 }
 # values out of range for each numeric or named field (the right JSON type, a wrong value)
 OUT_OF_RANGE = {
@@ -124,7 +125,7 @@ def one_line(err: UserError) -> str:
 
 def valid_configs(min_size: int = 0):
     return st.fixed_dictionaries({}, optional={k: v for k, v in VALID.items() if k in FIELDS}).filter(
-        lambda d: len(d) >= min_size)
+        lambda d: len(d) >= min_size and not (d.get("compile") and d.get("fsdp")))  # exclusive: one line each
 
 
 def test_every_field_has_a_strategy():
