@@ -71,7 +71,8 @@ def add_prune_parser(sub) -> None:
                                                    "torchrun's processes")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the gated training passes: each phase's first step compiles (about 2 "
-                        "min on 2 CPU cores), later steps run ~1.4x faster; worth it from ~500 steps")
+                        "min on 2 CPU cores, seconds once cached), later steps run 1.2-1.4x faster: for long "
+                        "runs (about 1,000 steps and up)")
     p.add_argument("--eval", dest="eval_datasets", help="comma-separated ppl datasets after export, or 'none'")
     p.add_argument("--eval-seqlen", type=int)
     p.add_argument("--eval-windows", type=int)
