@@ -50,6 +50,18 @@ def tiny_model(family: str = "llama", vocab_size: int = 256, seed: int = 0):
     return model
 
 
+def tiny_training_setup(block_seed: int, blocks: int = 3, keep_ratio: float = 0.6):
+    """A frozen tiny Llama, its adapter and layout, random calibration blocks of 16 tokens and a budget."""
+    from grasprune.adapters import ModelAdapter
+    from grasprune.units import layout_of
+
+    model = tiny_model("llama").requires_grad_(False)
+    adapter = ModelAdapter(model)
+    layout = layout_of(adapter)
+    ids = torch.randint(0, 256, (blocks, 16), generator=torch.Generator().manual_seed(block_seed))
+    return model, adapter, layout, ids, layout.budget(keep_ratio)
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     from transformers import AutoTokenizer

@@ -13,7 +13,7 @@ from grasprune.gates import Gates
 from grasprune.train import LoopConfig, calibrate_scales, train_gates
 from grasprune.units import layout_of, project
 
-from conftest import tiny_model
+from conftest import tiny_training_setup
 
 
 def test_compiled_gate_training_and_scale_calibration_match_the_eager_ones():
@@ -21,11 +21,7 @@ def test_compiled_gate_training_and_scale_calibration_match_the_eager_ones():
     distillation on, so the eager teacher and the compiled student run side by side."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    model = tiny_model("llama").requires_grad_(False)
-    adapter = ModelAdapter(model)
-    layout = layout_of(adapter)
-    blocks = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(7))
-    budget = layout.budget(0.6)
+    model, adapter, layout, blocks, budget = tiny_training_setup(block_seed=7)
     results = {}
     for compiled in (False, True):
         loop = LoopConfig(epochs=2, lr=5e-2, distill=0.5, compile=compiled)

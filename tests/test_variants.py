@@ -20,7 +20,7 @@ from grasprune.train import (
 )
 from grasprune.units import FFN, KV, layout_of, project
 
-from conftest import tiny_model
+from conftest import tiny_model, tiny_training_setup
 
 
 def test_variant_presets_fill_only_what_is_not_set():
@@ -77,11 +77,7 @@ def test_distillation_against_itself_is_the_scaled_lm_loss():
 
 
 def test_the_dense_teacher_cache_changes_no_bit_of_the_training():
-    model = tiny_model("llama").requires_grad_(False)
-    adapter = ModelAdapter(model)
-    layout = layout_of(adapter)
-    blocks = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(4))
-    budget = layout.budget(0.6)
+    model, adapter, layout, blocks, budget = tiny_training_setup(block_seed=4)
     results = {}
     for limit in (0, 64):  # no cache; room for every block
         with Gates(adapter, layout) as gates:
