@@ -48,16 +48,15 @@ class Gates:
             for slots in (self._ffn, self._kv, self._key):
                 slots[:] = [None] * self.layout.num_layers
             return
-        self._ffn[:] = self._per_layer(self._ffn_part(factors))
-        self._kv[:] = self._per_layer(self._kv_part(factors))
-        self._key[:] = self._per_layer(self._kv_part(factors if key_factors is None else key_factors))
+        parts = self.layout.split(factors)
+        key_parts = parts if key_factors is None else self.layout.split(key_factors)
+        self._ffn[:] = self._per_layer([ffn for ffn, _ in parts])
+        self._kv[:] = self._per_layer(self._per_column(parts))
+        self._key[:] = self._per_layer(self._per_column(key_parts))
 
-    def _ffn_part(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        return [ffn for ffn, _ in self.layout.split(flat)]
-
-    def _kv_part(self, flat: torch.Tensor) -> list[torch.Tensor]:
+    def _per_column(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Each layer's KV factors repeated over the head dimension (one factor per key/value column)."""
-        return [kv.repeat_interleave(self.head_dim) for _, kv in self.layout.split(flat)]
+        return [kv.repeat_interleave(self.head_dim) for _, kv in parts]
 
     def _per_layer(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """The layers' factors on their devices, in their activations' dtype.

@@ -366,16 +366,16 @@ def calibrate_scales(
     kept = torch.nonzero(mask > 0.5).flatten()
     loop = _Loop("scale_calibration", raw, blocks, cfg, emit, stop, checkpoint)
     run_model, run_gates = student if student is not None else (model, gates)
-    compiled = student_model(run_model, cfg)
+    gated_model = student_model(run_model, cfg)
 
     def step(block, index):
         if student is None:
             factors = mask * scale_factors(raw)
             gates.set(factors, key_factors=None if scale_keys else mask)
-            return block_loss(compiled, block, gates, cfg.distill, teacher, dense=(model, gates)), {}
+            return block_loss(gated_model, block, gates, cfg.distill, teacher, dense=(model, gates)), {}
         factors = scale_factors(raw[kept])
         run_gates.set(factors, key_factors=None if scale_keys else torch.ones_like(factors))
-        return block_loss(compiled, block, run_gates, cfg.distill, teacher, dense=(model, gates)), {}
+        return block_loss(gated_model, block, run_gates, cfg.distill, teacher, dense=(model, gates)), {}
 
     try:
         loop.run(step)

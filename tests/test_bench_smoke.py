@@ -80,7 +80,7 @@ def test_speed_bench_measures_overhead_stages_and_inference(quality_run, tiny_mo
     # one stage row per pruned entry of the quality results (an earlier test may have added one)
     entries = json.loads((quality_run / "results" / "quality.json").read_text())["entries"]
     assert {s["label"] for s in data["stages"]} == {e["label"] for e in entries if e["label"] != "dense"}
-    assert {f"grasprune ({DEFAULT_VARIANT})", "grasprune (paper)", "magnitude +scales"} <= {
+    assert {f"grasprune ({DEFAULT_VARIANT})", "grasprune (paper)", "magnitude one-shot", "magnitude +scales"} <= {
         s["label"] for s in data["stages"]}
     dense, pruned = data["inference"]
     assert dense["method"] == "dense" and pruned["keep_ratio"] == 0.6
