@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from grasprune.allocator import keep_freed_memory
 from grasprune.atomic import write_json_atomic, write_text_atomic
 from grasprune.config import DEFAULT_VARIANT, METHODS, VARIANTS, PruneConfig
 from grasprune.evaluate import perplexity
@@ -192,6 +193,7 @@ def done_settings(json_path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
+    keep_freed_memory()  # as `grasprune prune` does, so the stage times are the CLI's
     json_path = args.out / "quality.json"
     for settings in planned(args):
         if settings in done_settings(json_path):

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from grasprune.adapters import ModelAdapter
+from grasprune.allocator import keep_freed_memory
 from grasprune.atomic import write_json_atomic, write_text_atomic
 from grasprune.config import torch_dtype
 from grasprune.data import calibration_blocks
@@ -94,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def gate_overhead(args: argparse.Namespace) -> dict:
+    keep_freed_memory()  # as `grasprune prune` does (the decode measurements keep the default allocator)
     model, tokenizer = load_model(args.model)
     model.to(torch_dtype(args.train_dtype)).requires_grad_(False)
     adapter = ModelAdapter(model)

@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .config import CPU_DEFAULTS, DEFAULT_CALIB, DEFAULT_RESCALE, GPU_DEFAULTS, PruneConfig
 from .errors import UserError
 
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # a CLI process ends when its command does: see allocator.py
     try:
         return COMMANDS[args.command](args)
     except UserError as err:
