@@ -48,7 +48,8 @@ BASELINE_SCALES_VARIANT = "distill"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
-    p.add_argument("--methods", type=csv(), default=list(METHODS))
+    p.add_argument("--methods", type=csv(), default=list(METHODS),
+                   help=f"pruning methods among {', '.join(METHODS)} (the dense model is always measured)")
     p.add_argument("--keep-ratios", type=csv(float), default=[0.8, 0.7, 0.5])
     p.add_argument("--variants", type=csv(), default=["default", "paper"],
                    help=f"GRASPrune gate-training variants ('default' = {DEFAULT_VARIANT}; one of {', '.join(VARIANTS)})")
@@ -71,7 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-checkpoints", choices=("grasprune", "all", "none"), default="grasprune",
                    help="which exported checkpoints to keep for bench.speed (others are deleted after evaluation)")
     p.add_argument("--out", type=Path, default=RESULTS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHODS]
+    unknown += [v for v in args.variants if v != "default" and v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown method or variant {', '.join(unknown)}: methods are {', '.join(METHODS)}; "
+                f"variants 'default', {', '.join(VARIANTS)} (the dense model is always measured)")
+    return args
 
 
 def planned(args: argparse.Namespace) -> list[dict]:

@@ -31,6 +31,15 @@ def quality_run(tiny_model_dir, tmp_path_factory):
     return tmp
 
 
+@pytest.mark.parametrize("option", [["--methods", "dense,grasprune"], ["--variants", "guidd"]])
+def test_quality_bench_refuses_an_unknown_method_or_variant_before_measuring(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.parse_args([*option, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "unknown method or variant" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_quality_bench_writes_every_entry_with_its_numbers(quality_run):
     data = json.loads((quality_run / "results" / "quality.json").read_text())
     entries = {e["label"]: e for e in data["entries"]}
