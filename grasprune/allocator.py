@@ -36,6 +36,11 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+def freed_memory_kept() -> bool:
+    """Whether ``keep_freed_memory`` took effect in this process (the benchmarks record it)."""
+    return _applied is True
+
+
 def _set_thresholds() -> bool:
     if not sys.platform.startswith("linux"):
         return False

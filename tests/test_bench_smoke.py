@@ -48,6 +48,7 @@ def test_quality_bench_writes_every_entry_with_its_numbers(quality_run):
     for entry in entries.values():
         assert math.isfinite(entry["metrics"]["wikitext2"]) and entry["metrics"]["wikitext2"] > 1
         assert entry["setting"]["threads"] >= 1 and entry["eval_dtype"]
+        assert entry["setting"]["freed_memory_kept"] is sys.platform.startswith("linux")  # as the CLI
     for label in (ours, "grasprune (paper)", "magnitude one-shot", "magnitude +scales"):
         assert 40.0 <= entries[label]["params"]["removed_pct_of_prunable"] < 60.0
     assert entries["magnitude one-shot"]["timing"]["rescale_s"] == 0.0
