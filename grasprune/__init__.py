@@ -20,9 +20,11 @@ from pathlib import Path
 from .config import PruneConfig
 from .errors import UserError
 
-__all__ = ["PruneConfig", "UserError", "keep_freed_memory", "load_model", "load_pruned", "perplexity", "prune", "save_pruned"]
+__all__ = ["PruneConfig", "UserError", "keep_freed_memory", "load_model", "load_pruned", "perplexity", "prune",
+           "save_pruned"]
 # imported on first use: `import grasprune` (and so every CLI call, bad input included) stays light
-_LAZY = {"keep_freed_memory": ".allocator", "perplexity": ".evaluate", "load_pruned": ".export", "save_pruned": ".export", "load_model": ".models"}
+_LAZY = {"perplexity": ".evaluate", "load_pruned": ".export", "save_pruned": ".export", "load_model": ".models",
+         "keep_freed_memory": ".allocator"}
 
 
 def __getattr__(name: str):
