@@ -43,6 +43,19 @@ def browser_of(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
+def wait_for_text(page, text: str, timeout: float, server_log) -> None:
+    """Wait for ``text`` on ``page``; on a timeout, fail with what the page shows instead and the end of
+    the server's log."""
+    try:
+        page.get_by_text(text).wait_for(timeout=timeout)
+    except Exception as err:  # playwright's TimeoutError: say what the page showed instead
+        state = page.locator("[data-testid='stApp']").get_attribute("data-test-script-state", timeout=5_000)
+        shown = page.locator("[data-testid='stMain']").inner_text(timeout=5_000)[:1500]
+        log = server_log.read_text(errors="replace")[-3000:] if server_log.is_file() else "(no server log)"
+        raise AssertionError(f"{text!r} not shown on {page.url} (script {state}):\n{shown}\n"
+                             f"--- server log ---\n{log}") from err
+
+
 def check_event_log(run) -> None:
     """Every line is one whole JSON event of this run, in order."""
     raw = run.events_path.read_bytes()
@@ -98,7 +111,7 @@ def test_three_sessions_starting_at_once_are_queued_one_job_at_a_time(server, ti
             time.sleep(0.3)
         assert most_running == 1 and queued_seen
         for page, run_id in zip(pages, run_ids, strict=True):  # each session followed its own run to the end
-            page.get_by_text("Completed.").wait_for(timeout=60_000)
+            wait_for_text(page, "Completed.", 60_000, runs.parent / "streamlit.log")
             assert page.get_by_text(f"Run {run_id}").count() == 1
             assert page.locator("[data-testid='stException']").count() == 0
         browser.close()
