@@ -41,11 +41,10 @@ def live_view(run_id: str) -> None:
 @st.fragment(run_every=1)
 def _live_fragment(run_id: str) -> None:
     run = run_in_root(run_id, root())
-    active = is_active(run)
+    if not is_active(run):
+        st.rerun(scope="app")  # the run ended: draw it once, statically (with its Resume button)
     with shown_errors():
-        render(run)  # drawn before the rerun below, so the page shows how the run ended even before it
-    if not active:
-        st.rerun(scope="app")  # the run ended: draw it once more, statically (its Resume button, no timer)
+        render(run)
 
 
 def render(run: Run) -> None:
