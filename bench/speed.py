@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def gate_overhead(args: argparse.Namespace) -> dict:
-    keep_freed_memory()  # as `grasprune prune` does (the decode measurements keep the default allocator)
+    keep_freed_memory()  # as `grasprune prune` does (the decode measurements run in their own processes)
     model, tokenizer = load_model(args.model)
     model.to(torch_dtype(args.train_dtype)).requires_grad_(False)
     adapter = ModelAdapter(model)
