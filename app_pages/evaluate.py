@@ -12,7 +12,7 @@ from grasprune.generation import generate_text
 from grasprune.runs import Run
 from grasprune.zeroshot_tasks import TASKS
 from studio import charts
-from studio.common import completed_runs, pick_completed_run, shown_errors
+from studio.common import completed_runs, pick_completed_run, remembered, shown_errors
 
 ROLES = ("dense", "pruned")
 
@@ -57,9 +57,9 @@ def baseline_series(run: Run, datasets: list[str], seqlen: int, windows: int) ->
 def perplexity_section(run: Run) -> None:
     st.subheader("Perplexity")
     c1, c2, c3 = st.columns(3)
-    datasets = c1.multiselect("Datasets", list(EVAL_DATASETS), list(EVAL_DATASETS), key="eval_datasets")
-    seqlen = int(c2.number_input("Sequence length", 16, 32_768, 512, key="eval_seqlen"))
-    windows = int(c3.number_input("Windows", 1, 100_000, 8, key="eval_windows",
+    datasets = c1.multiselect("Datasets", list(EVAL_DATASETS), key=remembered("eval_datasets", list(EVAL_DATASETS)))
+    seqlen = int(c2.number_input("Sequence length", 16, 32_768, key=remembered("eval_seqlen", 512)))
+    windows = int(c3.number_input("Windows", 1, 100_000, key=remembered("eval_windows", 8),
                                   help="windows of the test split scored (all: a large number)"))
     if st.button("Compute perplexity", key="eval_ppl", type="primary"):
         bar = st.progress(0.0, text="starting…")
@@ -95,8 +95,8 @@ def zeroshot_section(run: Run) -> None:
 
     st.subheader("Zero-shot accuracy")
     c1, c2 = st.columns([3, 1])
-    tasks = c1.multiselect("Tasks", list(TASKS), ["arc_easy", "piqa"], key="eval_zs_tasks")
-    limit = int(c2.number_input("Items per task", 1, 100_000, 20, key="eval_zs_limit"))
+    tasks = c1.multiselect("Tasks", list(TASKS), key=remembered("eval_zs_tasks", ["arc_easy", "piqa"]))
+    limit = int(c2.number_input("Items per task", 1, 100_000, key=remembered("eval_zs_limit", 20)))
     if st.button("Compute zero-shot accuracy", key="eval_zs"):
         with st.spinner("Scoring…"):
             for role in ROLES:
@@ -123,18 +123,23 @@ def _accuracy(metrics: dict | None) -> float | None:
 
 def generation_section(run: Run) -> None:
     st.subheader("Generation")
-    prompt = st.text_area("Prompt", "The capital of France is", key="eval_prompt")
-    tokens = st.slider("New tokens", 8, 256, 48, key="eval_new_tokens")
+    prompt = st.text_area("Prompt", key=remembered("eval_prompt", "The capital of France is"))
+    tokens = st.slider("New tokens", 8, 256, key=remembered("eval_new_tokens", 48))
     if st.button("Generate with both", key="eval_generate") and prompt.strip():
-        st.session_state["eval_generated"] = {}
-        for role in ROLES:
-            model, tokenizer = model_of(run, role)
-            st.session_state["eval_generated"][role] = generate_text(model, tokenizer, prompt, tokens)
-    generated = st.session_state.get("eval_generated")
-    if generated:
-        for column, role in zip(st.columns(2), ROLES, strict=True):
-            column.markdown(f"**{role}**")
-            column.text(prompt + generated.get(role, ""))
+        with st.spinner("Generating with the dense and the pruned model…"):
+            for role in ROLES:
+                key = evaluations.generation_key(role, prompt, tokens)
+                if key not in evaluations.load(run):
+                    model, tokenizer = model_of(run, role)
+                    evaluations.record(run, key, {"text": generate_text(model, tokenizer, prompt, tokens)})
+    stored = evaluations.load(run)
+    generated = {role: stored.get(evaluations.generation_key(role, prompt, tokens)) for role in ROLES}
+    if not any(generated.values()):
+        st.caption("No generation for this prompt and length yet.")
+        return
+    for column, role in zip(st.columns(2), ROLES, strict=True):
+        column.markdown(f"**{role}**")
+        column.text(prompt + generated[role]["text"] if generated[role] else "–")
 
 
 def main() -> None:

@@ -1,14 +1,24 @@
-"""Export: the checkpoint folder as one archive, streamed from disk, with its size, sha256 and the
-Python that loads it."""
+"""Export: the checkpoint in bf16 (default), fp16 or fp32 as one archive, streamed from disk, its size
+beside the original model's and the checkpoint's, the equivalent CLI command and the Python that loads it."""
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 import streamlit as st
 
-from grasprune.archive import archive_info, build_archive, check_servable, load_snippet
+from grasprune.archive import ArchiveInfo, archive_info, build_archive, check_servable, load_snippet
+from grasprune.convert import DEFAULT_PRECISION, PRECISIONS, checkpoint_precision, converted_size, folder_size
 from grasprune.errors import UserError
+from grasprune.models import weights_size
 from studio.common import pick_completed_run, root, size
 from studio.routes import download_url
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def original_size(spec: str) -> int | None:
+    return weights_size(spec)
 
 
 def main() -> None:
@@ -16,29 +26,64 @@ def main() -> None:
     run = pick_completed_run("export_run", "a run's checkpoint is exported when it completes")
     if run is None:
         return
+    folder = run.output_dir()
     try:
         check_servable(run, root())
+        stored = checkpoint_precision(folder)
     except UserError as err:
         st.warning(str(err))
         return
-    folder = run.output_dir()
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    st.caption(f"Checkpoint folder `{folder}`: {len(files)} files, {size(sum(p.stat().st_size for p in files))}")
-    info = archive_info(run)
+    precision = st.radio("Precision", list(PRECISIONS), index=list(PRECISIONS).index(DEFAULT_PRECISION),
+                         key="export_precision", horizontal=True,
+                         format_func=lambda p: f"{p} (the run's checkpoint as is)" if p == stored else p)
+    info = archive_info(run, precision)
+    sizes = st.container()  # filled last: the archive's exact size once it is prepared below
+    st.caption("The same export from the command line (a folder instead of an archive):")
+    out = folder.with_name(f"{folder.name}-{precision}")
+    st.code(f"grasprune export {shlex.quote(str(folder))} --dtype {precision} --out {shlex.quote(str(out))}",
+            language="bash")
     if info is None and st.button("Prepare the archive", key="export_prepare", type="primary"):
-        with st.spinner("Writing the archive (once; later downloads reuse it)…"):
-            info = build_archive(run, root())
+        with st.spinner("Writing the archive (once per precision; later downloads reuse it)…"):
+            try:
+                info = build_archive(run, root(), precision)
+            except UserError as err:
+                st.error(str(err))
+    with sizes:
+        show_sizes(run.config().model, folder, stored, precision, info)
     if info is None:
-        st.caption("The archive is a .tar of the checkpoint folder, written once into the run folder.")
+        st.caption("The archive is a .tar of the checkpoint folder in this precision, written once into the run "
+                   "folder.")
         return
-    st.markdown(f'<a href="{download_url(run.id)}" download="{info.download_name()}" class="grasprune-download">'
-                f"⬇ Download {info.download_name()}</a> ({size(info.size)})", unsafe_allow_html=True)
+    show_download(run.id, precision, info)
+
+
+def show_sizes(model: str, folder: Path, stored: str | None, precision: str, info: ArchiveInfo | None) -> None:
+    """The export's size beside the original model's weight files and the run's checkpoint."""
+    original, checkpoint = original_size(model), folder_size(folder)
+    exported = info.size if info is not None else converted_size(folder, precision)
+    left, middle, right = st.columns(3)
+    left.metric("Original model", size(original) if original is not None else "unknown",
+                help=f"the weight files of {model} on this machine")
+    middle.metric(f"Checkpoint ({stored})" if stored else "Checkpoint", size(checkpoint), help=f"`{folder}`")
+    right.metric(f"Export ({precision})", size(exported) if info is not None else f"≈ {size(exported)}",
+                 help="the archive" if info is not None else "the folder: prepare the archive for its exact size")
+    versus = [f"{exported / whole:.2f}× the {what}" for what, whole in (("original model", original),
+                                                                         ("checkpoint", checkpoint)) if whole]
+    if versus:
+        st.caption(f"The {precision} export is {' and '.join(versus)}.")
+
+
+def show_download(run_id: str, precision: str, info: ArchiveInfo) -> None:
+    st.markdown(f'<a href="{download_url(run_id, precision)}" download="{info.download_name()}" '
+                f'class="grasprune-download">⬇ Download {info.download_name()}</a> ({size(info.size)})',
+                unsafe_allow_html=True)
     st.markdown(f"Size **{info.size:,} bytes** · sha256 `{info.sha256}`")
     st.caption("Load it in Python:")
     st.code(load_snippet(info), language="python")
     st.caption("Or with transformers alone, after unpacking:")
     st.code(f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained('
-            f'"{info.folder_name}", trust_remote_code=True)', language="python")
+            f'"{info.folder_name}", trust_remote_code=True, dtype="auto")'
+            + (f"  # {info.precision}, as stored" if info.precision else ""), language="python")
 
 
 main()

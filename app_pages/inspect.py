@@ -14,7 +14,8 @@ from studio.common import PAGES, pick_run, root, timeline
 def main() -> None:
     st.title("Inspect")
     runs = [r for r in list_runs(root()) if r.scores_path.is_file() or r.events_path.is_file()]
-    run = pick_run("Run", runs, key="inspect_run")
+    newest_completed = next((r for r in runs if r.status().get("status") == "completed"), None)
+    run = pick_run("Run", runs, key="inspect_run", default=newest_completed)
     if run is None:
         st.info("No runs yet: start one on the Prune page.")
         st.page_link(PAGES["prune"], label="Prune a model")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 import torch
 
-from grasprune.budget_preview import BudgetPreview, preview
+from grasprune.budget_preview import BudgetPreview
 from grasprune.cli_command import prune_command
 from grasprune.config import (
     DEFAULT_CALIB,
@@ -21,21 +23,16 @@ from grasprune.errors import UserError
 from grasprune.evaluate import EVAL_DATASETS
 from grasprune.models import EMBEDDED_ALIAS, check_model_spec
 from grasprune.runs import create_run
-from studio.common import attach, attached_run_id, jobs, root, shown_errors
+from studio.common import attach, attached_run_id, cached_preview, jobs, root, shown_errors
 from studio.defaults import QUICK
+from studio.estimates import expected_duration_caption
 from studio.live import live_view
 from studio.placement import placement_panel
 
+STEP = 0.01
+MAX_KEEP = 0.99  # a keep ratio of 1 prunes nothing (PruneConfig refuses it)
 CALIB_CHOICES = {DEFAULT_CALIB: "WikiText-2 (first half)", "c4": "C4 sample", "ptb": "PTB",
                  "custom": "A file or dataset id…"}
-
-
-@st.cache_data(show_spinner="Reading the model's config…", max_entries=16)
-def cached_preview(spec: str) -> tuple[BudgetPreview | None, str | None]:
-    try:
-        return preview(spec), None
-    except UserError as err:
-        return None, str(err)
 
 
 def devices() -> list[str]:
@@ -64,15 +61,41 @@ def budget_panel(spec: str, keep_ratio: float) -> BudgetPreview | None:
     return found
 
 
+def lowest_keep_ratio(spec: str) -> float:
+    """The model's minimum keep ratio rounded up to the slider's step (the smallest step for a model whose
+    config cannot be read: the budget panel says why)."""
+    found, _ = cached_preview(spec)
+    if found is None:
+        return STEP
+    steps = max(1, math.ceil(found.minimum_keep_ratio / STEP - 1e-9))
+    if found.budget(steps * STEP) < found.minimum_params:
+        steps += 1  # the float product rounded the budget below the minimum
+    # a slider needs min < max; above that the budget panel says the model cannot be pruned
+    return round(min(steps * STEP, MAX_KEEP - STEP), 2)
+
+
+def keep_ratio_key(lowest: float) -> str:
+    """The slider's session key, its value set in the session: the quick default on the first visit, a value
+    from an earlier model raised to this model's lowest (a slider refuses a value under its minimum)."""
+    key = "prune_keep_ratio"
+    value = st.session_state.get(key, QUICK["keep_ratio"])
+    st.session_state[key] = min(max(value, lowest), MAX_KEEP)
+    return key
+
+
 def config_form() -> PruneConfig:
     left, right = st.columns([3, 2])
     with left:
         model = st.text_input("Model", value=EMBEDDED_ALIAS, key="prune_model",
                               help=f"`{EMBEDDED_ALIAS}` (embedded, offline), a hub id (owner/name), a local model "
                                    "folder or a .gguf file").strip()
-        keep_ratio = st.slider("Keep ratio (fraction of prunable parameters kept)", 0.01, 1.0,
-                               QUICK["keep_ratio"], 0.01, key="prune_keep_ratio")
+        lowest = lowest_keep_ratio(model)
+        keep_ratio = st.slider("Keep ratio (fraction of prunable parameters kept)", lowest, MAX_KEEP,
+                               step=STEP, key=keep_ratio_key(lowest),
+                               help="1 would keep everything and prune nothing; the lowest value is the "
+                                    "smallest this model allows (one FFN channel and one KV group per layer)")
         budget_panel(model, keep_ratio)
+        duration_slot = st.container()  # filled once every setting is read
     with right:
         choice = st.selectbox("Calibration data", list(CALIB_CHOICES), format_func=CALIB_CHOICES.get,
                               key="prune_calib_choice")
@@ -93,6 +116,9 @@ def config_form() -> PruneConfig:
                                        key="prune_eval")
         eval_seqlen = a2.number_input("Eval seqlen", 2, 32_768, QUICK["eval_seqlen"], key="prune_eval_seqlen")
         eval_windows = a3.number_input("Eval windows", 1, 100_000, QUICK["eval_windows"], key="prune_eval_windows")
+        eval_dense = a1.checkbox("Dense perplexity beside it", True, key="prune_eval_dense",
+                                 help="Also measures the unpruned model at the same settings, once per model and "
+                                      "settings (then cached), so the pruned figure has a reference")
         rescale_data = a1.text_input("Scale-calibration data", DEFAULT_RESCALE, key="prune_rescale_data").strip()
         checkpoint_every = a2.number_input("Checkpoint every (steps)", 1, 100_000, QUICK["checkpoint_every"],
                                            key="prune_checkpoint_every")
@@ -104,11 +130,15 @@ def config_form() -> PruneConfig:
         trust_remote_code = a3.checkbox("Trust remote code", False, key="prune_trust_remote_code",
                                         help="Runs the model repository's own Python code. Only for repos you trust.")
         device_map = device_map_input(a1)
-    return PruneConfig(model=model, method=method, variant=variant, trust_remote_code=trust_remote_code, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
+    config = PruneConfig(model=model, method=method, variant=variant, trust_remote_code=trust_remote_code, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
                        block_len=int(block_len), epochs=int(epochs), rescale_data=rescale_data,
                        rescale_samples=int(rescale_samples), seed=int(seed), device=device, dtype=dtype,
                        checkpoint_every=int(checkpoint_every), eval_datasets=list(eval_datasets),
-                       eval_seqlen=int(eval_seqlen), eval_windows=int(eval_windows), device_map=device_map)
+                       eval_seqlen=int(eval_seqlen), eval_windows=int(eval_windows), eval_dense=eval_dense,
+                       device_map=device_map)
+    with duration_slot:
+        expected_duration_caption(config)
+    return config
 
 
 def device_map_input(column) -> str | None:

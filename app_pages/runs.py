@@ -3,9 +3,13 @@ delete, compare two."""
 
 from __future__ import annotations
 
+from functools import partial
+
+import pandas as pd
 import streamlit as st
 
-from grasprune.run_table import config_differences, run_row
+from grasprune.formatting import BLANK
+from grasprune.run_table import cell_text, config_differences, run_row
 from grasprune.runs import Run, delete_run, list_runs
 from grasprune.timeline import timeline_of
 from studio import charts
@@ -13,17 +17,18 @@ from studio.common import PAGES, age, describe, duration, jobs, root, shown_erro
 from studio.live import RESUMABLE, is_active
 
 
+def page_row(run: Run, job_state: str | None = None) -> dict:
+    """``run_row`` with its times as the page writes them."""
+    row = run_row(run, job_state)
+    return {**row, "started": age(row.get("started")), "seconds": duration(row.get("seconds"))}
+
+
 def table(runs: list[Run]) -> None:
     job_states = {run_id: job["state"] for run_id, job in jobs().state()["jobs"].items()}
-    rows = [run_row(run, job_states.get(run.id)) for run in runs]
-    for row in rows:
-        row["started"] = age(row.get("started"))
-        row["seconds"] = duration(row.get("seconds")) if row.get("seconds") is not None else "–"
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={"seconds": "duration", "keep ratio": st.column_config.NumberColumn(format="%.2f"),
-                                "params after": st.column_config.NumberColumn(format="localized"),
-                                "ppl wikitext2": st.column_config.NumberColumn(format="%.3f"),
-                                "ppl ptb": st.column_config.NumberColumn(format="%.3f")})
+    frame = pd.DataFrame([page_row(run, job_states.get(run.id)) for run in runs])
+    # numbers stay numbers, so that a column sorts by value; cell_text writes what is shown
+    shown = frame.style.format({column: partial(cell_text, column) for column in frame.columns}, na_rep=BLANK)
+    st.dataframe(shown, hide_index=True, width="stretch", column_config={"seconds": "duration"})
 
 
 def actions(runs: list[Run]) -> None:
@@ -68,11 +73,12 @@ def compare(runs: list[Run]) -> None:
         st.info("Choose two different runs.")
         return
     ra, rb = by_id[a], by_id[b]
-    rows = [{"": k, a: v1, b: v2} for k, v1, v2 in
-            [(k, v, run_row(rb).get(k)) for k, v in run_row(ra).items() if k != "run"]]
-    rows += [{"": f"setting: {k}", a: str(v1), b: str(v2)} for k, v1, v2 in config_differences(ra, rb)]
-    st.dataframe([{k: (v if isinstance(v, str) or v is None else str(v)) for k, v in row.items()} for row in rows],
-                 hide_index=True, width="stretch")
+    right = page_row(rb)
+    rows = [{"": k, a: cell_text(k, v), b: cell_text(k, right.get(k))}
+            for k, v in page_row(ra).items() if k != "run"]
+    rows += [{"": f"setting: {k}", a: cell_text(k, v1), b: cell_text(k, v2)}
+             for k, v1, v2 in config_differences(ra, rb)]
+    st.dataframe(rows, hide_index=True, width="stretch")
     reports = {run.id: run.report() for run in (ra, rb)}
     if all(reports.values()):
         st.plotly_chart(charts.compare_layers_figure({k: r["layers"] for k, r in reports.items()}), width="stretch")

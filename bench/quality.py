@@ -132,6 +132,7 @@ def pruned_entry(settings: dict, args: argparse.Namespace) -> dict:
         variant=settings.get("variant", DEFAULT_VARIANT),
         seed=settings["seed"], device="cpu", dtype=settings["dtype"], eval_datasets=settings["datasets"],
         eval_seqlen=settings["seqlen"], eval_windows=settings["windows"],
+        eval_dense=False,  # the grid's own dense entry measures it, timed on its own row
     )
     name = f"{settings['method']}-keep{settings['keep_ratio']}-rescale{settings['rescale_epochs']}"
     if settings["method"] == "grasprune":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from grasprune.cli_zeroshot import check_task_files
 from grasprune.models import load_model
 from grasprune.zeroshot import evaluate_zeroshot
 from grasprune.zeroshot_tasks import ACC_NORM_TASKS, TASKS
@@ -26,7 +27,9 @@ DENSE = "smollm2-135m"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.zeroshot", description=__doc__.splitlines()[0])
     parser.add_argument("--pruned", nargs="*", default=[], metavar="DIR", help="pruned checkpoint folders")
-    parser.add_argument("--limit", type=int, default=None, help="first N items per task (default: all)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="first N items per task (default: all, from GRASPRUNE_DATA or the Hugging Face Hub; "
+                        "the first 200 ship with grasprune)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for zeroshot.json and zeroshot.md")
@@ -54,6 +57,7 @@ def markdown_table(results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_task_files(list(TASKS), args.limit)  # before any model loads: offline, only 200 items per task ship
     results, meta = {}, {}
     for spec in [DENSE, *args.pruned]:
         label = "dense" if spec == DENSE else spec

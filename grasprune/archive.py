@@ -1,8 +1,11 @@
-"""One tar archive of a run's exported checkpoint, written once (atomically) into the run folder.
+"""Tar archives of a run's exported checkpoint, one per precision, written once (atomically) into the
+run folder.
 
-The archive is streamed to disk while its sha256 is computed, so a multi-GB checkpoint never sits
-in memory; a sidecar JSON records its size, hash and the checkpoint files it was made from, and a
-re-exported checkpoint gets a fresh archive.
+``checkpoint.tar`` holds the checkpoint as is; ``checkpoint-bf16.tar`` (``-fp16``, ``-fp32``) holds it
+converted to another precision (grasprune/convert.py, in a temporary folder beside it). An archive is
+streamed to disk while its sha256 is computed, so a multi-GB checkpoint never sits in memory; a sidecar
+JSON records its size, hash and the checkpoint files it was made from, and a re-exported checkpoint gets
+fresh archives.
 """
 
 from __future__ import annotations
@@ -10,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import write_atomic, write_json_atomic
+from .convert import checkpoint_precision, convert_checkpoint, precision_dtype
 from .errors import UserError
 from .runs import Run, run_in_root
 
 ARCHIVE_NAME = "checkpoint.tar"
-INFO_NAME = "checkpoint.tar.json"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class ArchiveInfo:
     size: int
     sha256: str
     folder_name: str  # the top-level folder inside the archive
+    precision: str | None = None  # of the archived weights (None: unknown)
 
     def download_name(self) -> str:
         return f"{self.folder_name}.tar"
@@ -47,9 +52,24 @@ class _HashingWriter:
         return self.handle.write(data)
 
 
-def archive_info(run: Run) -> ArchiveInfo | None:
-    """The archive already written for the current checkpoint, or None."""
-    info_path, path = run.folder / INFO_NAME, run.folder / ARCHIVE_NAME
+def _target(run: Run, precision: str | None) -> tuple[Path, str, str | None]:
+    """``(archive path, folder name inside it, precision to convert to)`` for ``precision``: the checkpoint
+    as is when none is asked for or it is the checkpoint's own."""
+    if precision is not None:
+        precision_dtype(precision)  # only the known names reach a file name
+        if precision != checkpoint_precision(run.output_dir()):
+            return run.folder / f"checkpoint-{precision}.tar", f"grasprune-{run.id}-{precision}", precision
+    return run.folder / ARCHIVE_NAME, f"grasprune-{run.id}", None
+
+
+def _info_path(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".json")
+
+
+def archive_info(run: Run, precision: str | None = None) -> ArchiveInfo | None:
+    """The archive already written for the current checkpoint in ``precision`` (None: as is), or None."""
+    path = _target(run, precision)[0]
+    info_path = _info_path(path)
     try:
         info = json.loads(info_path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -61,44 +81,58 @@ def archive_info(run: Run) -> ArchiveInfo | None:
         return None
     if path.stat().st_size != info.get("size"):
         return None
-    return ArchiveInfo(path, info["size"], info["sha256"], info["folder_name"])
+    return ArchiveInfo(path, info["size"], info["sha256"], info["folder_name"], info.get("precision"))
 
 
-def build_archive(run: Run, root: Path | None = None) -> ArchiveInfo:
-    """Write (or reuse) the archive of ``run``'s exported checkpoint; with ``root`` (the studio), only of a
-    checkpoint inside that runs folder."""
+def build_archive(run: Run, root: Path | None = None, precision: str | None = None) -> ArchiveInfo:
+    """Write (or reuse) the archive of ``run``'s exported checkpoint in ``precision`` (None: as is); with
+    ``root`` (the studio), only of a checkpoint inside that runs folder."""
     if root is not None:
         check_servable(run, root)
-    existing = archive_info(run)
+    existing = archive_info(run, precision)
     if existing is not None:
         return existing
     checkpoint = run.output_dir()
     if not (checkpoint / "grasprune.json").is_file():
         raise UserError(f"run {run.id} has no exported checkpoint yet: let it complete (or resume it) first")
-    folder_name = f"grasprune-{run.id}"
-    files = _fingerprint(checkpoint)
+    path, folder_name, convert_to = _target(run, precision)
+    files = _fingerprint(checkpoint)  # before converting: a checkpoint changed meanwhile makes it stale
+    if convert_to is None:
+        hashed = _write_tar(path, checkpoint, folder_name)
+    else:
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=run.folder) as tmp:
+            hashed = _write_tar(path, convert_checkpoint(checkpoint, Path(tmp) / folder_name, convert_to),
+                                folder_name)
+    info = {**hashed, "folder_name": folder_name, "precision": convert_to or checkpoint_precision(checkpoint),
+            "files": files}
+    write_json_atomic(_info_path(path), info)
+    return ArchiveInfo(path, info["size"], info["sha256"], folder_name, info["precision"])
+
+
+def _write_tar(path: Path, folder: Path, folder_name: str) -> dict:
+    """Write ``folder``'s files under ``folder_name/`` into the tar ``path`` (atomically): its size and sha256."""
+    names = [name for name, _, _ in _fingerprint(folder)]
     hashed: dict = {}
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             writer = _HashingWriter(handle)
             with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for name, _, _ in files:
-                    tar.add(checkpoint / name, arcname=f"{folder_name}/{name}", recursive=False)
+                for name in names:
+                    tar.add(folder / name, arcname=f"{folder_name}/{name}", recursive=False)
         hashed.update(size=writer.size, sha256=writer.digest.hexdigest())
 
-    path = write_atomic(run.folder / ARCHIVE_NAME, write)
-    info = {**hashed, "folder_name": folder_name, "files": files}
-    write_json_atomic(run.folder / INFO_NAME, info)
-    return ArchiveInfo(path, info["size"], info["sha256"], folder_name)
+    write_atomic(path, write)
+    return hashed
 
 
-def served_archive(root: Path, run_id: str) -> ArchiveInfo:
-    """The archive to serve for ``run_id``: the id validated, every path checked to stay in ``root``."""
+def served_archive(root: Path, run_id: str, precision: str | None = None) -> ArchiveInfo:
+    """The archive to serve for ``run_id`` in ``precision`` (None: the checkpoint as is): the id validated,
+    the precision one of the known names, every path checked to stay in ``root``."""
     run = run_in_root(run_id, root)
     check_servable(run, root)
-    info = archive_info(run)
-    if info is None or info.path.resolve() != run.folder.resolve() / ARCHIVE_NAME:
+    info = archive_info(run, precision)
+    if info is None or info.path.resolve() != run.folder.resolve() / _target(run, precision)[0].name:
         raise UserError(f"no archive for run {run_id}: prepare it on the Export page")
     return info
 
@@ -113,8 +147,9 @@ def check_servable(run: Run, root: Path) -> None:
 
 
 def load_snippet(info: ArchiveInfo) -> str:
-    """The two lines of Python that load the downloaded archive."""
+    """The two lines of Python that load the downloaded archive (in its own precision)."""
+    stored = f"  # {info.precision}, as stored" if info.precision else ""
     return (
         f'import tarfile; tarfile.open("{info.download_name()}").extractall(".", filter="data")\n'
-        f'from grasprune.export import load_pruned; model, tokenizer = load_pruned("{info.folder_name}")'
+        f'from grasprune.export import load_pruned; model, tokenizer = load_pruned("{info.folder_name}"){stored}'
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -53,3 +54,31 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_folder_atomic(path: str | os.PathLike, writer: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Call ``writer(tmp_folder)``, fsync what it wrote, then rename the folder onto ``path`` (replacing an
+    existing one only with ``overwrite``): a folder at ``path`` is complete. On failure nothing is left behind.
+    """
+    path = Path(path).resolve()
+    if path.exists() and not overwrite:
+        raise UserError(f"output folder {path} exists: pass --overwrite or another --out")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror} (choose a writable --out)") from err
+    try:
+        writer(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint {path}: {err.strerror or err} (nothing was left behind)") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path

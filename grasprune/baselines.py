@@ -36,6 +36,10 @@ from .train import block_loss
 from .units import FFN, UnitLayout
 
 BASELINES = ("random", "magnitude", "wanda-sp", "flap", "taylor")
+# The work of each criterion per calibration token, in forward passes of the model (a backward pass
+# costs about two): the ones that read weights only run none. The pipeline's progress and the run-time
+# estimate (``estimate.py``) both use it.
+CALIBRATION_PASSES = {"random": 0, "magnitude": 0, "wanda-sp": 1, "flap": 1, "taylor": 3}
 
 ROW, COL = 0, 1  # the weight dimension that indexes a unit's slice of a linear
 FFN_PARTS = (("gate", ROW), ("up", ROW), ("down", COL))
@@ -43,6 +47,7 @@ KV_PARTS = (("q", ROW), ("k", ROW), ("v", ROW), ("o", COL))
 # stat(layer, name, linear, axis) -> one value per row (axis ROW) or column (axis COL), or None
 SliceStat = Callable[[int, str, nn.Linear, int], "torch.Tensor | None"]
 LogitsSink = Callable[[torch.Tensor, torch.Tensor], None]  # (block ids, logits of shape (1, L, V))
+Progress = Callable[[int, int], None]  # (blocks done, blocks in all), after each calibration block
 
 
 def unit_importance(
@@ -53,24 +58,26 @@ def unit_importance(
     blocks: torch.Tensor,
     seed: int = 0,
     on_logits: LogitsSink | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """One float32 score per unit (higher = more important) by baseline ``method``.
 
     ``blocks`` are calibration token ids, shape (N, L); each is run with batch 1. Only ``taylor``
     computes gradients, and it leaves every parameter's ``requires_grad`` as it found it.
     ``on_logits(block, logits)`` sees the dense model's logits of every block the criterion runs
-    (``wanda-sp`` and ``flap``), so a caller can reuse that forward pass.
+    (``wanda-sp`` and ``flap``), so a caller can reuse that forward pass. ``progress(done, total)`` is
+    called after each block of the criteria that run blocks (``CALIBRATION_PASSES`` > 0).
     """
     if method not in BASELINES:
         raise UserError(f"unknown baseline '{method}': choose one of {', '.join(BASELINES)}")
     if method == "flap":
-        return flap_scores(adapter, layout, input_statistics(model, adapter, blocks, on_logits))
+        return flap_scores(adapter, layout, input_statistics(model, adapter, blocks, on_logits, progress=progress))
     raw = {
         "random": lambda: random_scores(layout, seed),
         "magnitude": lambda: magnitude_scores(adapter, layout),
         "wanda-sp": lambda: wanda_sp_scores(adapter, layout, input_statistics(model, adapter, blocks, on_logits,
-                                                                              with_mean=False)),
-        "taylor": lambda: taylor_scores(model, adapter, layout, blocks),
+                                                                              with_mean=False, progress=progress)),
+        "taylor": lambda: taylor_scores(model, adapter, layout, blocks, progress),
     }[method]()
     return rank_within_layer(raw, layout)
 
@@ -158,7 +165,7 @@ class InputStats:
 @torch.no_grad()
 def input_statistics(
     model: nn.Module, adapter: ModelAdapter, blocks: torch.Tensor, on_logits: LogitsSink | None = None,
-    with_mean: bool = True,
+    with_mean: bool = True, progress: Progress | None = None,
 ) -> list[dict[str, InputStats]]:
     """Per layer, the column statistics of the inputs of ``down_proj`` and ``o_proj`` over ``blocks``.
     ``with_mean=False`` skips the column sums (their ``total`` stays zero), for a criterion that needs
@@ -186,10 +193,12 @@ def input_statistics(
     ]
     device = next(model.parameters()).device
     try:
-        for block in blocks:
+        for done, block in enumerate(blocks, 1):
             logits = model(input_ids=block.unsqueeze(0).to(device), use_cache=False).logits
             if on_logits is not None:
                 on_logits(block, logits)
+            if progress is not None:
+                progress(done, blocks.shape[0])
     finally:
         for handle in handles:
             handle.remove()
@@ -273,7 +282,9 @@ def flap_bias_compensation(
     return done
 
 
-def taylor_scores(model: nn.Module, adapter: ModelAdapter, layout: UnitLayout, blocks: torch.Tensor) -> torch.Tensor:
+def taylor_scores(
+    model: nn.Module, adapter: ModelAdapter, layout: UnitLayout, blocks: torch.Tensor, progress: Progress | None = None
+) -> torch.Tensor:
     """LLM-Pruner's element-wise first-order Taylor importance (``taylor=param_first``):
     ``sum |w · dL/dw|`` over the unit's weights and biases, ``L`` the mean next-token loss over the
     calibration blocks (the gradient of the whole calibration batch, as LLM-Pruner takes it).
@@ -296,8 +307,10 @@ def taylor_scores(model: nn.Module, adapter: ModelAdapter, layout: UnitLayout, b
         for p in params:
             p.requires_grad_(True)
             handles.append(p.register_post_accumulate_grad_hook(fold))
-        for block in blocks:
+        for done, block in enumerate(blocks, 1):
             (block_loss(model, block) / blocks.shape[0]).backward()
+            if progress is not None:
+                progress(done, blocks.shape[0])
     finally:
         for handle in handles:
             handle.remove()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .allocator import keep_freed_memory
 from .config import CPU_DEFAULTS, DEFAULT_CALIB, DEFAULT_RESCALE, GPU_DEFAULTS, PruneConfig
+from .convert import DEFAULT_PRECISION, PRECISIONS
 from .errors import UserError
 
 
@@ -77,6 +78,9 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--eval", dest="eval_datasets", help="comma-separated ppl datasets after export, or 'none'")
     p.add_argument("--eval-seqlen", type=int)
     p.add_argument("--eval-windows", type=int)
+    p.add_argument("--no-eval-dense", dest="eval_dense", action="store_false", default=None,
+                   help="skip the dense model's perplexity beside the pruned one's (measured once per model "
+                        "and settings, then cached)")
     p.add_argument("--trust-remote-code", action="store_true", default=None)
     p.add_argument("--allow-pickle", action="store_true", default=None, help="accept pickled .bin weights")
     p.add_argument("--config", help="JSON file of settings (flags override it)")
@@ -94,7 +98,8 @@ def config_from_args(args) -> PruneConfig:
                      "rescale_data", "rescale_samples", "rescale_epochs", "lr", "tau", "seed", "device", "dtype",
                      "variant", "score_init", "init_strength", "tau_end", "warmup", "distill", "distill_topk", "rescale_distill",
                      "rescale_lr",
-                     "checkpoint_every", "eval_seqlen", "eval_windows", "trust_remote_code", "allow_pickle",
+                     "checkpoint_every", "eval_seqlen", "eval_windows", "eval_dense", "trust_remote_code",
+                     "allow_pickle",
                      "device_map", "fsdp", "batch_blocks", "teacher_cache_mb", "compile")
         if getattr(args, name) is not None
     }
@@ -167,13 +172,18 @@ def config_defaults_note(config: PruneConfig) -> None:
 
 
 def print_summary(report: dict, run) -> None:
+    from .dense_reference import perplexity_line, quality_warning
+
     params = report["params"]
     print(f"kept {params['prunable_after']:,} of {params['prunable_before']:,} prunable parameters: "
           f"removed {params['removed_pct_of_prunable']:.2f}% of prunable, "
           f"{params['removed_pct_of_total']:.2f}% of all parameters "
           f"({params['total_before']:,} -> {params['total_after']:,})")
-    for name, metric in report["metrics"].items():
-        print(f"{name}: {metric['ppl']:.3f} (seqlen {metric['seqlen']}, {metric['windows']} windows)")
+    for metric in report["metrics"].values():
+        print(perplexity_line(metric))
+    warning = quality_warning(report)
+    if warning:
+        print(f"warning: {warning}")
     print("timing: " + ", ".join(f"{k} {v:.1f}s" for k, v in report["timing"].items()))
     print(f"checkpoint: {run.output_dir()}")
 
@@ -244,7 +254,33 @@ def run_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect}
+def add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a pruned checkpoint as a new folder in another precision")
+    p.add_argument("dir", metavar="CHECKPOINT_DIR", help="a pruned checkpoint folder (with grasprune.json)")
+    p.add_argument("--dtype", choices=list(PRECISIONS), default=DEFAULT_PRECISION,
+                   help=f"precision of the floating weights (default {DEFAULT_PRECISION}; fp32 = full precision)")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def run_export(args) -> int:
+    from .convert import checkpoint_precision, convert_checkpoint, folder_size
+    from .models import weights_size
+
+    out = convert_checkpoint(Path(args.dir), Path(args.out), args.dtype, overwrite=args.overwrite)
+    source = Path(args.dir).expanduser().resolve()
+    base = json.loads((out / "grasprune.json").read_text()).get("base_model")
+    original = weights_size(base) if base else None
+    print(f"wrote {out} ({args.dtype}): {_mb(folder_size(out))}; the checkpoint {_mb(folder_size(source))} "
+          f"({checkpoint_precision(source)}); the original model {_mb(original)} ({base})")
+    return 0
+
+
+def _mb(nbytes: int | None) -> str:
+    return "unknown" if nbytes is None else f"{nbytes / 2**20:.1f} MB"
+
+
+COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect, "export": run_export}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_parser(sub)
     add_ppl_parser(sub)
     add_inspect_parser(sub)
+    add_export_parser(sub)
     try:
         from . import cli_zeroshot
 

@@ -12,6 +12,7 @@ from .config import PruneConfig
 ALWAYS = ("model", "keep_ratio", "calib_data", "calib_samples", "block_len", "epochs", "rescale_samples", "seed",
           "device")
 FLAGS = {"eval_datasets": "--eval"}  # config fields whose flag is not the field name
+NEGATED = {"eval_dense": "--no-eval-dense"}  # switches on by default: their flag turns them off
 
 
 def _flag(name: str) -> str:
@@ -33,8 +34,8 @@ def prune_command(config: PruneConfig, out: Path | None = None) -> str:
         if value is None or (name not in ALWAYS and value == getattr(default, name)):
             continue
         if isinstance(value, bool):
-            if value:
-                args.append(_flag(name))
+            if value != (name in NEGATED):  # shown where it differs from what leaving the flag out gives
+                args.append(NEGATED.get(name) or _flag(name))
             continue
         args += [_flag(name), _value(name, value)]
     if out is not None:

@@ -17,7 +17,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="smollm2-135m, a hub id, a folder or a .gguf file")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {','.join(TASKS)}")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="score only the first N items of each task (default: all, which needs GRASPRUNE_DATA or the "
+        "Hugging Face Hub: only the first 200 ship with grasprune)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -35,11 +41,12 @@ def parse_tasks(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_task_files(tasks: list[str]) -> None:
-    """Read every task file before the model loads, so a malformed one fails fast, as a user error."""
+def check_task_files(tasks: list[str], limit: int | None = None) -> None:
+    """Read every task's first ``limit`` items before the model loads, so a malformed file or a set
+    that is not at hand fails fast, as a user error."""
     for name in tasks:
         try:
-            load_task(name)
+            load_task(name, limit)
         except ValueError as exc:  # the message names the file and line
             raise UserError(str(exc)) from None
 
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.source == "local":
-        check_task_files(tasks)
+        check_task_files(tasks, args.limit)
     import torch
 
     from .models import load_model

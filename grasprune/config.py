@@ -78,6 +78,7 @@ class PruneConfig:
     eval_datasets: list[str] = field(default_factory=lambda: ["wikitext2"])
     eval_seqlen: int = 512
     eval_windows: int | None = 64
+    eval_dense: bool = True  # the base model's perplexity beside the pruned one's (cached per model and settings)
     trust_remote_code: bool = False
     allow_pickle: bool = False
     device_map: str | None = None  # accelerate's big-model placement: a DEVICE_MAPS name or a JSON file
@@ -108,6 +109,9 @@ class PruneConfig:
         if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
             raise UserError(f"keep ratio {_show(self.keep_ratio)} is outside (0, 1]: pass --keep-ratio between 0 "
                             "and 1")
+        if self.keep_ratio == 1:
+            raise UserError("keep ratio 1 keeps every prunable parameter, so nothing would be pruned: pass "
+                            "--keep-ratio below 1 (0.7 keeps 70%)")
         if not isinstance(self.model, str) or not self.model.strip():
             raise UserError("no model given: pass --model smollm2-135m, a hub id, a folder or a .gguf file")
         if self.method not in METHODS:

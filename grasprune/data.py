@@ -1,10 +1,14 @@
-"""Text sources for calibration and evaluation, all read from one data root.
+"""Text sources for calibration and evaluation.
 
 A data spec is a name (``wikitext2``, ``wikitext2-valid``, ``c4``, ``ptb``), a local ``.txt`` /
-``.jsonl`` / ``.parquet`` file (absolute, relative to the working folder, or relative to the data
+``.jsonl`` / ``.parquet`` file (absolute, relative to the working folder, or relative to a data
 root), or a Hugging Face dataset id (``owner/name[:config]``, online only). Any file or name may end
 in ``#lines=A:B`` to take a slice of its rows, A and B being row numbers or percentages
 (``#lines=0:50%`` is the first half).
+
+The data roots, searched file by file in this order: ``$GRASPRUNE_DATA`` when set (laid out as
+``wikitext-2-raw/``, ``ptb/``, ``c4-sample/``, ``zeroshot/<task>/``), then the data bundled inside the
+package (``bundled_data/``: WikiText-2 and PTB in full, slices of C4 and of the zero-shot sets).
 """
 
 from __future__ import annotations
@@ -19,39 +23,59 @@ import torch
 
 from .errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_DATA = Path(__file__).resolve().parent / "bundled_data"
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens", ".text", ".md", ".jsonl", ".parquet")
 SLICE = re.compile(r"^(?P<base>.+?)#lines=(?P<start>\d+%?)?:(?P<end>\d+%?)?$")
 
 
-def data_root() -> Path:
-    """``$GRASPRUNE_DATA``, else the ``shared/data`` folder beside the repository."""
+def data_roots() -> list[Path]:
+    """The folders data files are looked for in, in order: ``$GRASPRUNE_DATA`` when set, then the bundled
+    data."""
     env = os.environ.get("GRASPRUNE_DATA")
-    return Path(env).expanduser().resolve() if env else (REPO_ROOT.parent / "shared" / "data").resolve()
+    return [Path(env).expanduser().resolve(), BUNDLED_DATA] if env else [BUNDLED_DATA]
+
+
+def find_data_file(*relatives: str) -> Path | None:
+    """The first of ``relatives`` that a data root holds, each looked for in every root before the next."""
+    for relative in relatives:
+        for root in data_roots():
+            if (root / relative).is_file():
+                return root / relative
+    return None
+
+
+# Files behind the dataset names, for calibration or evaluation, the preferred file first.
+NAMED_FILES = {
+    "calibration": {
+        # WikiText-2 train does not ship with grasprune: the raw validation split stands in for it.
+        "wikitext2": ("wikitext-2-raw/wiki.train.raw", "wikitext-2-raw/wiki.valid.raw"),
+        "wikitext2-valid": ("wikitext-2-raw/wiki.valid.raw",),
+        "c4": ("c4-sample/c4_validation_2k.jsonl", "c4-sample/c4_validation_256.jsonl"),
+        "ptb": ("ptb/ptb.valid.txt",),
+    },
+    "evaluation": {
+        "wikitext2": ("wikitext-2-raw/wiki.test.raw",),
+        "wikitext2-valid": ("wikitext-2-raw/wiki.valid.raw",),
+        "ptb": ("ptb/ptb.test.txt",),
+        "c4": ("c4-sample/c4_validation_2k.jsonl", "c4-sample/c4_validation_256.jsonl"),
+    },
+}
 
 
 def _named_file(name: str, purpose: str) -> Path | None:
-    """Local file behind a dataset name, for calibration or evaluation."""
-    root = data_root()
-    wiki = root / "wikitext-2-raw"
-    table = {
-        "calibration": {
-            # WikiText-2 train is not shipped here: the raw validation split stands in for it.
-            "wikitext2": wiki / "wiki.train.raw" if (wiki / "wiki.train.raw").is_file() else wiki / "wiki.valid.raw",
-            "wikitext2-valid": wiki / "wiki.valid.raw",
-            "c4": root / "c4-sample" / "c4_validation_2k.jsonl",
-            "ptb": root / "ptb" / "ptb.valid.txt",
-        },
-        "evaluation": {
-            "wikitext2": wiki / "wiki.test.raw",
-            "wikitext2-valid": wiki / "wiki.valid.raw",
-            "ptb": root / "ptb" / "ptb.test.txt",
-            "c4": root / "c4-sample" / "c4_validation_2k.jsonl",
-        },
-    }[purpose]
+    """Local file behind a dataset name, for calibration or evaluation (None for other specs)."""
     if purpose == "calibration" and name in ("wikitext2-test",):
         raise UserError("wikitext2-test is the evaluation split: never calibrate on it (use wikitext2)")
-    return table.get(name)
+    relatives = NAMED_FILES[purpose].get(name)
+    if relatives is None:
+        return None
+    path = find_data_file(*relatives)
+    if path is None:
+        raise UserError(
+            f"data '{name}' is missing: no {relatives[-1]} under {' or '.join(map(str, data_roots()))} "
+            f"(reinstall grasprune, or set GRASPRUNE_DATA to a folder holding {relatives[-1]})"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,11 @@ def read_source(spec: str, purpose: str = "calibration") -> TextSource:
     if not any(r.strip() for r in rows):
         raise UserError(f"data '{spec}' is empty: pass a file or slice that holds text")
     return TextSource(rows=rows, joiner=joiner, origin=origin)
+
+
+def source_file(spec: str, purpose: str = "calibration") -> Path | None:
+    """The local file a data spec reads (a named dataset's file or the user's own), or None for a hub id."""
+    return _resolve_path(_split_slice(str(spec).strip())[0], purpose)
 
 
 def check_sources(calibration: list[str], evaluation: list[str]) -> None:
@@ -125,10 +154,8 @@ def _bound(value: str | None, total: int, default: int) -> int:
 def _resolve_path(base: str, purpose: str) -> Path | None:
     named = _named_file(base, purpose)
     if named is not None:
-        if not named.is_file():
-            raise UserError(f"data '{base}' is missing: expected {named} (set GRASPRUNE_DATA to the data folder)")
         return named
-    for candidate in (Path(base).expanduser(), data_root() / base):
+    for candidate in (Path(base).expanduser(), *(root / base for root in data_roots())):
         if candidate.is_file():
             if candidate.suffix.lower() not in TEXT_SUFFIXES:
                 raise UserError(f"data file {base} is not a text file: pass a {', '.join(TEXT_SUFFIXES)} file")

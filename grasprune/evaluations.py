@@ -24,6 +24,11 @@ def zeroshot_key(role: str, task: str, limit: int) -> str:
     return f"zeroshot|{role}|{task}|{limit}"
 
 
+def generation_key(role: str, prompt: str, new_tokens: int) -> str:
+    """Greedy decoding makes the text a function of these (the prompt last: it may hold any character)."""
+    return f"generation|{role}|{new_tokens}|{prompt}"
+
+
 def load(run: Run) -> dict:
     try:
         return json.loads((run.folder / NAME).read_text())

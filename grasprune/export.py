@@ -8,15 +8,14 @@ remote code. It is written to a temporary folder and renamed: a folder at the fi
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from .adapters import ModelAdapter, family_named
+from .atomic import write_folder_atomic
 from .errors import UserError
 from .hf_modeling import configuration_grasprune, modeling_grasprune
 from .units import UnitLayout
@@ -138,21 +137,9 @@ def save_pruned(
     state = sliced_state_dict(adapter, layout, mask, gamma)
     if getattr(config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    except OSError as err:
-        raise UserError(f"cannot write {out_dir}: {err.strerror} (choose a writable --out)") from err
-    try:
-        _write_folder(tmp, config, state, adapter.model, tokenizer, report)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except OSError as err:
-        raise UserError(f"cannot write checkpoint {out_dir}: {err.strerror or err} (nothing was left behind)") from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return write_folder_atomic(
+        out_dir, lambda tmp: _write_folder(tmp, config, state, adapter.model, tokenizer, report), overwrite=True
+    )
 
 
 def _write_folder(folder: Path, config, state: dict, source_model, tokenizer, report: dict) -> None:
@@ -167,9 +154,6 @@ def _write_folder(folder: Path, config, state: dict, source_model, tokenizer, re
         shutil.copyfile(MODELING_DIR / name, folder / name)
     (folder / "grasprune.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "README.md").write_text(model_card(report))
-    for path in folder.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
 
 
 def model_card(report: dict) -> str:
@@ -187,17 +171,22 @@ def model_card(report: dict) -> str:
     )
 
 
+def checked_pruned_folder(path) -> Path:
+    """``path`` resolved, refused unless it is a GRASPrune checkpoint folder with safetensors weights."""
+    folder = Path(path).expanduser().resolve()
+    if not (folder / "grasprune.json").is_file() or not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a GRASPrune checkpoint (no grasprune.json/config.json)")
+    if not any(folder.glob("*.safetensors")):
+        raise UserError(f"{folder} has no weights (*.safetensors): export the checkpoint again")
+    return folder
+
+
 def load_pruned(path, dtype: torch.dtype | None = None, device: str = "cpu"):
     """Load a GRASPrune checkpoint with our own classes (no remote code): ``(model, tokenizer)``."""
     from transformers import AutoTokenizer
 
-    folder = Path(path).expanduser().resolve()
-    config_path = folder / "config.json"
-    if not (folder / "grasprune.json").is_file() or not config_path.is_file():
-        raise UserError(f"{folder} is not a GRASPrune checkpoint (no grasprune.json/config.json)")
-    if not any(folder.glob("*.safetensors")):
-        raise UserError(f"{folder} has no weights (*.safetensors): export the checkpoint again")
-    cls = model_class_for(json.loads(config_path.read_text()).get("model_type", ""))
+    folder = checked_pruned_folder(path)
+    cls = model_class_for(json.loads((folder / "config.json").read_text()).get("model_type", ""))
     model = cls.from_pretrained(folder, dtype=dtype or "auto", use_safetensors=True)
     # our config passed in: AutoTokenizer would otherwise load the folder's config through its auto_map
     tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)

@@ -189,6 +189,17 @@ class JobRegistry:
                 self._lock.notify_all()
 
 
+def shown_state(status: str, job_state: str | None) -> str:
+    """The state to show for a run whose status file says ``status`` and whose job of this server (if
+    any) is in ``job_state``: "queued" while the job waits, "starting" between the worker taking it and
+    its process writing "running" (importing PyTorch takes seconds), else the status file's."""
+    if job_state == "queued":
+        return "queued"
+    if job_state == "running" and status == "queued":
+        return "starting"
+    return status
+
+
 def check_writes_inside(run: Run, root: Path) -> None:
     """A job writes only inside the runs folder: its run folder and its checkpoint (a CLI run with an
     ``--out`` elsewhere resumes from the CLI)."""

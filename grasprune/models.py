@@ -157,6 +157,39 @@ def check_model_spec(spec: str, trust_remote_code: bool = False, allow_pickle: b
         )
 
 
+def weight_files(spec: str) -> list[Path] | None:
+    """The files on this machine that hold a model spec's weights: the GGUF file (the embedded alias or a
+    ``.gguf`` path), a local folder's safetensors, a hub model's safetensors in the local Hugging Face
+    cache; None where they are not here."""
+    spec = str(spec).strip()
+    path = Path(spec).expanduser()
+    if spec == EMBEDDED_ALIAS:
+        try:
+            return [embedded_gguf_path()]
+        except UserError:
+            return None
+    if spec.lower().endswith(".gguf"):
+        return [path.resolve()] if path.is_file() else None
+    folder = path.resolve() if path.is_dir() else _cached_hub_folder(spec) if HUB_ID.match(spec) else None
+    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
+    return files or None
+
+
+def weights_size(spec: str) -> int | None:
+    """Bytes of ``weight_files(spec)``, None where unknown."""
+    files = weight_files(spec)
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+def _cached_hub_folder(spec: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or a broken cache entry): unknown here
+        return None
+
+
 def _load_from_hub(spec: str, dtype, device, trust_remote_code: bool, allow_pickle: bool, device_map=None,
                    offload_folder=None):
     if not HUB_ID.match(spec):

@@ -1,4 +1,4 @@
-"""The whole prune: load, gate training, scale calibration, export, evaluation, emitting events.
+"""The whole prune: load, importance, gate training, scale calibration, export, evaluation, emitting events.
 
 ``prune_run`` is the one library call behind the CLI and the app. It resumes from the run folder's
 checkpoints when they exist (each phase is skipped once its result is on disk).
@@ -12,13 +12,15 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import evaluations
 from .adapters import ModelAdapter
 from .atomic import write_atomic, write_json_atomic
 from .config import WEIGHT_FREE_INITS, PruneConfig
 from .data import calibration_blocks
+from .dense_reference import dense_perplexities
 from .distributed import world
 from .errors import UserError
-from .evaluate import perplexity
+from .evaluate import PerplexityResult, perplexity
 from .export import load_pruned, save_pruned, sliced_model
 from .gates import Gates
 from .placement import load_for_training
@@ -138,7 +140,7 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     save_pruned(out_dir, adapter, layout, mask, gamma, tokenizer, report, overwrite=True)
     timing["export_s"] = round(time.perf_counter() - started, 2)
     write_json_atomic(run.mask_path, report["mask"])
-    _evaluate_phase(config, out_dir, report, emit)
+    _evaluate_phase(config, run, out_dir, report, emit)
     write_json_atomic(out_dir / "grasprune.json", report)
     write_json_atomic(run.report_path, report)
     emit("done", params=report["params"], metrics=report["metrics"], timing=timing, out=str(out_dir))
@@ -180,15 +182,16 @@ def _teacher_cache_mb(config: PruneConfig) -> int:
 
 def _importance(name: str, config, model, gates, layout, calib, emit, on_logits=None) -> torch.Tensor:
     """One-shot per-unit importance: a baseline's ranking, or the start of the gate scores."""
-    from .baselines import unit_importance
+    from .baselines import CALIBRATION_PASSES, unit_importance
 
     if name not in WEIGHT_FREE_INITS and any(p.device.type == "meta" for p in model.parameters()):
         what = f"--method {name}" if config.method != "grasprune" else f"--score-init {name}"
         raise UserError(f"{what} reads whole weight matrices, but the device map keeps some on disk: map every "
                         "layer to a GPU or 'cpu', or train gates from tied scores (--method grasprune "
                         "--score-init zero)")
-    emit("phase", phase="importance")
-    return unit_importance(name, model, gates.adapter, layout, calib, seed=config.seed, on_logits=on_logits)
+    emit("phase", phase="importance", total=calib.shape[0] if CALIBRATION_PASSES.get(name) else None)
+    return unit_importance(name, model, gates.adapter, layout, calib, seed=config.seed, on_logits=on_logits,
+                           progress=lambda done, total: emit("progress", phase="importance", done=done, total=total))
 
 
 def _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit, stop, timing) -> torch.Tensor:
@@ -223,7 +226,7 @@ def _sliced_student(config: PruneConfig, adapter: ModelAdapter, layout: UnitLayo
     return student, Gates(student_adapter, layout_of(student_adapter))
 
 
-def _evaluate_phase(config: PruneConfig, out_dir, report: dict, emit) -> None:
+def _evaluate_phase(config: PruneConfig, run: Run, out_dir, report: dict, emit) -> None:
     if not config.eval_datasets:
         return
     emit("phase", phase="evaluation")
@@ -231,9 +234,36 @@ def _evaluate_phase(config: PruneConfig, out_dir, report: dict, emit) -> None:
     model, tokenizer = load_pruned(out_dir, device=config.device)
     if count_parameters(model) != report["params"]["total_after"]:
         raise RuntimeError("exported model's parameter count differs from the report")
+    dtype = next(model.parameters()).dtype
     for dataset in config.eval_datasets:
         result = perplexity(model, tokenizer, dataset, config.eval_seqlen, config.eval_windows,
                             progress=lambda w, n, d=dataset: emit("eval_progress", dataset=d, window=w, total=n))
         report["metrics"][f"ppl_{dataset}"] = result.to_json()
+        evaluations.record(run, _evaluation_key("pruned", config, result), result.to_json())
         emit("metric", **result.to_json())
     report["timing"]["eval_s"] = round(time.perf_counter() - started, 2)
+    del model
+    if config.eval_dense:
+        _dense_phase(config, run, dtype, report, emit)
+
+
+def _dense_phase(config: PruneConfig, run: Run, dtype: torch.dtype, report: dict, emit) -> None:
+    """The base model's perplexity at the pruned one's settings and precision, beside it in the report."""
+    started = time.perf_counter()
+    try:
+        measured = dense_perplexities(config, dtype, emit)
+    except torch.OutOfMemoryError:  # the pruned checkpoint fits where its dense model may not: keep the run
+        emit("dense_skipped", message=f"the dense model does not fit on {config.device} for its perplexity: "
+                                      "the pruned figure stands alone (--no-eval-dense skips the attempt)")
+        return
+    for dataset, (result, cached) in measured.items():
+        report["metrics"][f"ppl_{dataset}"]["dense_ppl"] = result.ppl
+        evaluations.record(run, _evaluation_key("dense", config, result), result.to_json())
+        emit("dense_metric", **result.to_json(), cached=cached)
+    report["timing"]["dense_eval_s"] = round(time.perf_counter() - started, 2)
+
+
+def _evaluation_key(role: str, config: PruneConfig, result: PerplexityResult) -> str:
+    """The Evaluate page's key for this result: the windows asked for (all of them: those scored)."""
+    windows = result.windows if config.eval_windows is None else config.eval_windows
+    return evaluations.ppl_key(role, result.dataset, result.seqlen, windows)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from tqdm import tqdm
 
 from .runs import Run
+from .timeline import PROGRESS_UNITS
 
 
 @contextmanager
@@ -43,6 +44,13 @@ class _Bars:
 
     def __init__(self):
         self.bar, self.label = None, None
+        self.phase: tuple[str, float] | None = None  # the running phase and its start time
+
+    def end_phase(self, time: float | None) -> None:
+        """Say how long the running phase took (its bar shows its progress, not its end)."""
+        if self.phase is not None and time is not None:
+            print(f"[{self.phase[0]}] done in {time - self.phase[1]:.1f}s", file=sys.stderr)
+        self.phase = None
 
     def open(self, label: str, total: int | None, unit: str) -> None:
         self.close()
@@ -57,13 +65,24 @@ class _Bars:
     def apply(self, event: dict) -> None:
         kind = event.get("type")
         if kind == "phase":
+            self.close()
+            self.end_phase(event.get("time"))
+            self.phase = (event["phase"], event.get("time", 0.0))
             print(f"[{event['phase']}]", file=sys.stderr)
-            self.open(event["phase"], event.get("total"), "step")
+            self.open(event["phase"], event.get("total"), PROGRESS_UNITS.get(event["phase"], "step"))
         elif kind == "step" and self.bar is not None:
             self.bar.update(event["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{event['loss']:.3f}")
+        elif kind == "progress":
+            if self.label != event["phase"] or self.bar is None:
+                self.open(event["phase"], event["total"], PROGRESS_UNITS.get(event["phase"], "step"))
+            if self.bar is not None:
+                self.bar.update(event["done"] - self.bar.n)
+        elif kind == "done":
+            self.close()
+            self.end_phase(event.get("time"))
         elif kind == "eval_progress":
-            label = f"ppl {event['dataset']}"
+            label = f"ppl {event.get('label', event['dataset'])}"
             if self.label != label:
                 self.open(label, event["total"], "window")
             if self.bar is not None:

@@ -13,21 +13,23 @@ and the gold index. Prompts, choices and the target delimiter follow lm-eval's t
   on the same continuation ``sentence[blank + 1:].strip()``.
 
 Every continuation is ``" " + choice`` (lm-eval's ``target_delimiter``). The local files (see each
-``SOURCE.md`` under ``<data root>/zeroshot/``) are mostly converted formats; each reader maps its
-format back onto lm-eval's fields. The one place where that is not exact is HellaSwag: the
+``SOURCE.md`` under ``grasprune/bundled_data/zeroshot/``) are mostly converted formats; each reader maps
+its format back onto lm-eval's fields. The one place where that is not exact is HellaSwag: the
 llama.cpp text file has lost the ``ctx_a``/``ctx_b`` split (see ``_hellaswag_query``).
-Hugging Face dataset names are the alternative source (``source="hf"``, online only).
+Only the first items of each set ship with grasprune; the full sets come from ``$GRASPRUNE_DATA`` or
+from the Hugging Face datasets lm-eval reads (``HF_SOURCES``, online only).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import data_root
+from .data import BUNDLED_DATA, find_data_file
 from .errors import UserError
 
 TARGET_DELIMITER = " "
@@ -293,24 +295,61 @@ def load_task(
 ) -> list[Item]:
     """The first ``limit`` items (all if None) of task ``name``.
 
-    ``source="local"`` reads ``<data root>/zeroshot/``; ``source="hf"`` downloads the split lm-eval
-    scores. Malformed local files raise ``ValueError`` naming the file and line.
+    ``source="hf"`` downloads the split lm-eval scores. ``source="local"`` reads
+    ``<data_root_dir>/zeroshot/`` when that is given; otherwise, in order: the task's file under
+    ``$GRASPRUNE_DATA``; the Hugging Face Hub when more items are asked than the bundled slice holds
+    (unless offline); the bundled slice when they fit in it; else a ``UserError`` saying what to do.
+    Malformed local files raise ``ValueError`` naming the file and line.
     """
     check_task_names([name])
     if source == "hf":
         items = _load_from_hub(name, limit)
     elif source == "local":
-        relative, reader = LOCAL_SOURCES[name]
-        path = Path(data_root_dir) if data_root_dir is not None else data_root()
-        path = path / "zeroshot" / relative
-        if not path.is_file():
-            raise UserError(
-                f"zero-shot data for {name} not found at {path}: set GRASPRUNE_DATA to the folder holding zeroshot/"
-            )
-        items = reader(path)
+        items = _load_local(name, limit, data_root_dir)
     else:
         raise UserError(f"unknown zero-shot data source {source!r}: use 'local' or 'hf'")
     return items[:limit] if limit is not None else items
+
+
+def _load_local(name: str, limit: int | None, data_root_dir: Path | str | None) -> list[Item]:
+    relative, reader = LOCAL_SOURCES[name]
+    if data_root_dir is not None:
+        path = Path(data_root_dir) / "zeroshot" / relative
+        if not path.is_file():
+            raise UserError(
+                f"zero-shot data for {name} not found at {path}: pass a folder holding zeroshot/{relative}"
+            )
+        return reader(path)
+    found = find_data_file(f"zeroshot/{relative}")
+    bundled = BUNDLED_DATA / "zeroshot" / relative
+    if found is not None and found != bundled:
+        return reader(found)  # the full set under $GRASPRUNE_DATA
+    items = reader(bundled)
+    if limit is not None and limit <= len(items):
+        return items
+    if _hub_offline():
+        reason = "offline: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set"
+        raise _beyond_the_slice(name, relative, len(items), reason)
+    try:
+        return _load_from_hub(name, limit)
+    except Exception as err:  # any hub or network failure
+        reason = f"the Hugging Face Hub failed: {type(err).__name__}"
+        raise _beyond_the_slice(name, relative, len(items), reason) from err
+
+
+def _beyond_the_slice(name: str, relative: str, shipped: int, reason: str) -> UserError:
+    return UserError(
+        f"zero-shot task {name}: only the first {shipped} items ship with grasprune; pass --limit {shipped} "
+        f"or less, set GRASPRUNE_DATA to a folder holding zeroshot/{relative}, or go online for the full set "
+        f"({reason})"
+    )
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def _load_from_hub(name: str, limit: int | None) -> list[Item]:

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from grasprune.timeline import PHASE_LABELS, Timeline
 
 MAX_POINTS = 1500
-KEPT, BEFORE = "#1f77b4", "#d9d9d9"
+KEPT, BEFORE, PRUNED = "#1f77b4", "#d9d9d9", "#f4a582"
 
 
 def _compact(fig: go.Figure, revision: str, height: int = 300) -> go.Figure:
@@ -78,11 +78,22 @@ def kept_history_figure(history: list[tuple[int, list[int], list[int]]], layers:
 
 
 def mask_heatmap(matrix: np.ndarray, title: str, unit: str) -> go.Figure:
-    """Layer × unit mask: 1 kept, 0 pruned, blank where a layer has fewer units."""
-    fig = go.Figure(go.Heatmap(z=matrix, colorscale=[[0, "#f4a582"], [1, KEPT]], zmin=0, zmax=1, showscale=False,
+    """Layer × unit mask: 1 kept, 0 pruned, blank where a layer has fewer units; a legend names the colours
+    (a heatmap has none of its own: one marker-only trace with no points per colour)."""
+    fig = go.Figure(go.Heatmap(z=matrix, colorscale=[[0, PRUNED], [1, KEPT]], zmin=0, zmax=1, showscale=False,
                                hovertemplate=f"layer %{{y}}, {unit} %{{x}}: %{{z}}<extra></extra>"))
+    swatches = {"kept": KEPT, "pruned": PRUNED}
+    if np.isnan(matrix).any():
+        swatches[f"blank: the layer has fewer {unit}s"] = "rgba(0,0,0,0)"
+    for name, colour in swatches.items():
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
+                                 marker={"symbol": "square", "size": 12, "color": colour,
+                                         "line": {"color": "#999999", "width": 1}}))
     fig.update_layout(title=title, xaxis_title=unit, yaxis_title="layer")
-    return _compact(fig, f"mask-{unit}", height=340)
+    fig = _compact(fig, f"mask-{unit}", height=360)
+    fig.update_layout(showlegend=True, legend={"orientation": "h", "y": -0.25, "x": 0},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
 
 
 def score_histogram(ffn_probs: np.ndarray, kv_probs: np.ndarray) -> go.Figure:

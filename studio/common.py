@@ -10,6 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from grasprune.budget_preview import BudgetPreview, preview
 from grasprune.errors import UserError
 from grasprune.events import read_new_events
 from grasprune.jobs import JobRegistry, registry
@@ -18,6 +19,7 @@ from grasprune.timeline import Timeline
 
 LOG = logging.getLogger("grasprune.studio")
 PAGES = {
+    "home": "app_pages/home.py",
     "prune": "app_pages/prune.py",
     "runs": "app_pages/runs.py",
     "inspect": "app_pages/inspect.py",
@@ -45,6 +47,15 @@ def root() -> Path:
     return runs_root()
 
 
+@st.cache_data(show_spinner="Reading the model's config…", max_entries=16)
+def cached_preview(spec: str) -> tuple[BudgetPreview | None, str | None]:
+    """The model's parameter counts from its config (no weights), or the one-line reason they are unknown."""
+    try:
+        return preview(spec), None
+    except UserError as err:
+        return None, str(err)
+
+
 def jobs() -> JobRegistry:
     return registry()
 
@@ -67,17 +78,33 @@ def attach(run_id: str) -> None:
     st.query_params["run"] = run_id
 
 
-def pick_run(label: str, runs: list[Run], key: str) -> Run | None:
-    """A run selector that defaults to (and updates) the attached run."""
+def pick_run(label: str, runs: list[Run], key: str, default: Run | None = None) -> Run | None:
+    """A run selector that shows (and updates) the attached run; with none attached, the run chosen last
+    on this page, else ``default``, else the first of ``runs``."""
     if not runs:
         return None
     ids = [r.id for r in runs]
     current = st.query_params.get("run")
-    index = ids.index(current) if current in ids else 0
+    last = st.session_state.get(f"remembered:{key}")  # the selector's own state is dropped on a page switch
+    preferred = [current, last, default.id if default else None]
+    index = next((ids.index(i) for i in preferred if i in ids), 0)
     chosen = st.selectbox(label, ids, index=index, key=key, format_func=lambda i: describe(run_in_root(i, root())))
+    st.session_state[f"remembered:{key}"] = chosen
     if chosen != current:
         attach(chosen)
     return run_in_root(chosen, root())
+
+
+def remembered(key: str, default: object) -> str:
+    """``key``, for a widget whose value survives a visit to another page.
+
+    Streamlit drops a widget's state when a page without that widget runs; a copy under a non-widget
+    key puts it back. The widget takes its value from the session (pass no default to it)."""
+    copy = f"remembered:{key}"
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(copy, default)
+    st.session_state[copy] = st.session_state[key]
+    return key
 
 
 def completed_runs() -> list[Run]:

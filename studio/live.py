@@ -13,14 +13,19 @@ from pathlib import Path
 import streamlit as st
 
 from grasprune.cli_command import prune_command
-from grasprune.jobs import LOG_NAME, log_tail, process_rss
+from grasprune.dense_reference import perplexity_line, quality_warning
+from grasprune.estimate import correction, phase_remaining, whole_run_eta
+from grasprune.jobs import LOG_NAME, Job, log_tail, process_rss, shown_state
 from grasprune.runs import Run, run_in_root
-from grasprune.timeline import PHASE_LABELS, PHASES, Timeline
+from grasprune.timeline import PHASE_LABELS, PROGRESS_UNITS, PhaseSpan, Timeline
 
 from . import charts
 from .common import PAGES, duration, jobs, root, shown_errors, size, timeline
+from .estimates import Plan, run_plan
 
 RESUMABLE = ("stopped", "interrupted", "failed", "queued")
+LIVE = ("queued", "starting", "running")
+ICONS = {"done": "✅", "current": "▶️", "stopped": "⏸️", "skipped": "⏭️", "pending": "⏳"}
 
 
 def is_active(run: Run) -> bool:
@@ -49,20 +54,18 @@ def _live_fragment(run_id: str) -> None:
 
 def render(run: Run) -> None:
     status = run.status()
-    state = status.get("status", "unknown")
     job = jobs().job(run.id)
-    if job is not None and job.state == "queued":
-        state = "queued"
+    state = shown_state(status.get("status", "unknown"), None if job is None else job.state)
     tl = timeline(run)
     config = run.config()
     st.subheader(f"Run {run.id}")
     st.caption(f"{config.model} · keep ratio {config.keep_ratio:g} · {state} · folder {run.folder}")
     _status_line(run, state, status, tl)
-    _progress(tl, state)
-    _numbers(tl, state, status)
+    eta = _phases(tl, run_plan(run, tl), state)
+    _numbers(tl, state, status, eta)
     _actions(run, state)
     _charts(tl)
-    _results(tl)
+    _results(run, tl)
     with st.expander("Equivalent command and job log"):
         st.code(prune_command(config, Path(run.extra()["out"]) if run.extra().get("out") else None),
                 language="bash")
@@ -73,10 +76,12 @@ def render(run: Run) -> None:
 
 def _status_line(run: Run, state: str, status: dict, tl: Timeline) -> None:
     job = jobs().job(run.id)
-    if state == "queued":
+    if state == "starting":
+        st.info("Starting… its process is loading PyTorch; the first phase begins in a few seconds.")
+    elif state == "queued":
         position = jobs().queue_position(run.id)
         if position is None:
-            st.info("Created but not started: press Resume to queue it.")
+            _not_queued(jobs().job(run.id))  # read again: the worker may have just taken it
         else:
             st.info(f"Queued: position {position} on {job.device if job else 'its device'}; it starts when the "
                     "jobs before it finish.")
@@ -92,40 +97,91 @@ def _status_line(run: Run, state: str, status: dict, tl: Timeline) -> None:
         st.success("Completed.")
 
 
-def _progress(tl: Timeline, state: str) -> None:
-    done_phases = PHASES[: PHASES.index(tl.phase)] if tl.phase in PHASES else ()
-    steps = " → ".join(
-        f"**{PHASE_LABELS[p]}**" if p == tl.phase and not tl.done else (f"~~{PHASE_LABELS[p]}~~"
-                                                                          if p in done_phases or tl.done
-                                                                          else PHASE_LABELS[p])
-        for p in PHASES
-    )
-    st.markdown(steps)
+def _not_queued(job: Job | None) -> None:
+    """The status file says queued, but no queue of this server holds the run."""
+    if job is not None and job.state in ("queued", "running"):
+        st.info("Starting… its process is loading PyTorch; the first phase begins in a few seconds.")
+    elif job is not None and job.state == "finished":
+        st.error(f"Its process ended (exit code {job.returncode}) before the run started: see the job log below. "
+                 "Resume tries again.")
+    else:
+        st.info("Created but not started: press Resume to queue it.")
+
+
+def _phases(tl: Timeline, plan: Plan, state: str) -> float | None:
+    """The run's own phases, each done (in how long), current (with its progress) or pending (with its
+    expected duration), and the current phase's progress bar; returns the whole run's ETA while live."""
+    now, live = time.time(), state in LIVE
+    factor = correction(tl, plan.expected)
+    st.markdown("  \n".join(_phase_line(tl, plan, phase, live, factor, now) for phase in plan.phases))
     if tl.done:
         st.progress(1.0, text="done")
-        return
-    text = tl.phase_label
-    if tl.phase == "evaluation" and tl.eval_progress:
-        dataset, window, total = tl.eval_progress
-        text += f" · {dataset} window {window}/{total}"
-    elif tl.phase_total:
-        text += f" · step {tl.step}/{tl.phase_total}"
-    if tl.eta is not None and state == "running":
-        text += f" · ETA {duration(tl.eta)}"
-    st.progress(tl.fraction, text=text)
+    else:
+        span = tl.spans.get(tl.phase or "")
+        text = tl.phase_label if span is None else f"{tl.phase_label} · {_progress_of(tl.phase, span, now)}"
+        remaining = _remaining(tl, plan, factor, now) if live and span is not None else None
+        if remaining is not None:
+            text += f" · ETA {duration(remaining)}"
+        st.progress(tl.fraction, text=text)
+    return whole_run_eta(tl, plan.expected, plan.parts, now) if live and plan.expected else None
 
 
-def _numbers(tl: Timeline, state: str, status: dict) -> None:
+def _phase_line(tl: Timeline, plan: Plan, phase: str, live: bool, factor: float, now: float) -> str:
+    label, span, expected = PHASE_LABELS.get(phase, phase), tl.spans.get(phase), plan.expected.get(phase)
+    state = tl.phase_state(phase, plan.phases)
+    if state == "current" and not live:
+        state = "stopped"  # the process is gone without saying so (interrupted)
+    if state == "done":
+        text = f"done in {duration(span.duration)}"
+    elif state == "current" and span is not None:
+        text = _progress_of(phase, span, now)
+        remaining = _remaining(tl, plan, factor, now)
+        text += "" if remaining is None else f" · about {duration(remaining)} left"
+    elif state == "stopped" and span is not None:
+        ended = "failed" if tl.error else "stopped"
+        end = span.ended if span.ended is not None else tl.last_time or now
+        text = f"{ended} at {_progress_of(phase, span, now)}" if span.total else \
+            f"{ended} after {duration(end - span.started)}"
+    elif state == "skipped":
+        text = "skipped (its result came from an earlier attempt)"
+    else:
+        text = "pending" + ("" if expected is None else f", {_expected(expected * factor)}")
+    name = f"**{label}**" if state in ("current", "stopped") else label
+    return f"{ICONS.get(state, ICONS['pending'])} {name}: {text}"
+
+
+def _expected(seconds: float) -> str:
+    return "a few seconds" if seconds < 5 else f"about {duration(seconds)}"
+
+
+def _progress_of(phase: str, span: PhaseSpan, now: float) -> str:
+    """``step 12/64 (19%)``, ``wikitext2 window 3/16 (19%)``; a phase without steps: how long it has run."""
+    if not span.total:
+        return f"running for {duration(now - span.started)}"
+    counted = f"{PROGRESS_UNITS.get(phase, 'step')} {span.done}/{span.total}"
+    return f"{span.label + ' ' if span.label else ''}{counted} ({span.fraction:.0%})"
+
+
+def _remaining(tl: Timeline, plan: Plan, factor: float, now: float) -> float | None:
+    """The current phase's remaining seconds (its training loop's own ETA where the size is unknown)."""
+    if tl.phase not in plan.expected:
+        return tl.eta
+    return phase_remaining(tl, tl.phase, plan.expected[tl.phase], plan.parts.get(tl.phase, 1), factor, now)
+
+
+def _numbers(tl: Timeline, state: str, status: dict, eta: float | None) -> None:
     running = state == "running"
     end = time.time() if running else tl.last_time
     elapsed = None if tl.started is None or end is None else end - tl.started
     last_loss = next((points[-1][1] for points in reversed(list(tl.loss.values())) if points), None)
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].metric("Elapsed", duration(elapsed))
     cols[1].metric("Memory (RSS)", size(process_rss(status.get("pid")) if running else None))
     cols[2].metric("Loss", "–" if last_loss is None else f"{last_loss:.4f}")
     budget = tl.model.get("budget") if tl.model else None
     cols[3].metric("Budget (params kept)", "–" if budget is None else f"{budget:,}")
+    cols[4].metric("ETA (whole run)", duration(eta), help="The current phase from its own progress, the phases "
+                   "after it from their predictions, scaled by how the finished ones compared with theirs")
 
 
 def _actions(run: Run, state: str) -> None:
@@ -164,7 +220,7 @@ def _charts(tl: Timeline) -> None:
             st.plotly_chart(charts.layers_figure(layers, ffn, kv, "Kept per layer"), width="stretch")
 
 
-def _results(tl: Timeline) -> None:
+def _results(run: Run, tl: Timeline) -> None:
     if tl.done:
         params = tl.done["params"]
         st.markdown(
@@ -172,6 +228,9 @@ def _results(tl: Timeline) -> None:
             f"**{params['removed_pct_of_prunable']:.2f}%** of prunable, **{params['removed_pct_of_total']:.2f}%** "
             f"of all ({params['total_before']:,} → {params['total_after']:,})."
         )
-    for dataset, metric in tl.metrics.items():
-        st.markdown(f"Perplexity **{dataset}**: **{metric['ppl']:.3f}** (seqlen {metric['seqlen']}, "
-                    f"{metric['windows']} windows)")
+    for dataset, metric in tl.metrics.items():  # the dense figure joins it once measured
+        dense = tl.dense_metrics.get(dataset)
+        st.markdown(perplexity_line({**metric, "dense_ppl": None if dense is None else dense["ppl"]}))
+    warning = quality_warning(run.report() or {}) if tl.done else None
+    if warning:
+        st.warning(warning)

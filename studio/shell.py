@@ -6,10 +6,11 @@ import streamlit as st
 
 from .common import PAGES, jobs, root, shown_errors
 
-TITLES = {"prune": "Prune", "runs": "Runs", "inspect": "Inspect", "evaluate": "Evaluate", "export": "Export",
-          "explain": "Explain"}
-ICONS = {"prune": ":material/content_cut:", "runs": ":material/list:", "inspect": ":material/grid_on:",
-         "evaluate": ":material/bar_chart:", "export": ":material/download:", "explain": ":material/school:"}
+TITLES = {"home": "Home", "prune": "Prune", "runs": "Runs", "inspect": "Inspect", "evaluate": "Evaluate",
+          "export": "Export", "explain": "Explain"}
+ICONS = {"home": ":material/home:", "prune": ":material/content_cut:", "runs": ":material/list:",
+         "inspect": ":material/grid_on:", "evaluate": ":material/bar_chart:", "export": ":material/download:",
+         "explain": ":material/school:"}
 
 
 def sidebar() -> None:
@@ -30,7 +31,7 @@ def sidebar() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="GRASPrune Studio", page_icon=":material/content_cut:", layout="wide")
-    pages = [st.Page(path, title=TITLES[name], icon=ICONS[name], default=name == "prune", url_path=name)
+    pages = [st.Page(path, title=TITLES[name], icon=ICONS[name], default=name == "home", url_path=name)
              for name, path in PAGES.items()]
     page = st.navigation(pages)
     with shown_errors():

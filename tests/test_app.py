@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import time
 from pathlib import Path
 
@@ -12,11 +14,14 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from grasprune import evaluations
 from grasprune import jobs as jobs_module
 from grasprune.config import PruneConfig
-from grasprune.runs import create_run, list_runs
+from grasprune.errors import UserError
+from grasprune.runs import create_run, list_runs, run_in_root
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PRUNE = "app_pages/prune.py"
 TINY = {"keep_ratio": 0.5, "calib_samples": 4, "block_len": 32, "epochs": 2, "rescale_samples": 2, "eval_windows": 1,
             "eval_seqlen": 64, "checkpoint_every": 2, "device": "cpu"}
 
@@ -50,14 +55,14 @@ def with_run(runs_dir: Path, run) -> str:
     return run.id
 
 
-def app(page: str | None = None, run_id: str | None = None) -> AppTest:
+def app(page: str = PRUNE, run_id: str | None = None) -> AppTest:
+    """A fresh session (a new tab) on ``page`` (the studio opens on Home), with ``?run=run_id``."""
     at = AppTest.from_file(APP, default_timeout=120)
     if run_id:
         at.query_params["run"] = run_id
     at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
+    at.switch_page(page)
+    at.run()
     return at
 
 
@@ -113,7 +118,7 @@ def test_start_attaches_the_run_and_the_live_view_follows_it_to_the_end(runs_dir
     assert errors(at) == []
     assert any("Completed" in s.value for s in at.success)
     assert len(at.get("plotly_chart")) == 2  # loss curve and per-layer kept units
-    assert any("Perplexity **wikitext2**" in m.value for m in at.markdown)
+    assert any(m.value.startswith("WikiText-2 perplexity: pruned ") and " · dense " in m.value for m in at.markdown)
 
 
 def test_stop_button_stops_the_running_job(runs_dir, tiny_model_dir):
@@ -165,7 +170,26 @@ def test_inspect_page_draws_the_mask(runs_dir, completed_run):
     titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text") for c in at.get("plotly_chart")]
     assert len(titles) == 6
     assert "Mask: layer × FFN channel" in titles and "Mask: layer × KV group" in titles
+    masks = [json.loads(c.proto.spec) for c in at.get("plotly_chart")
+             if json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "").startswith("Mask:")]
+    for figure in masks:  # the colours are named in the chart (the mask of equal layers has no blank)
+        assert figure["layout"]["showlegend"] is True
+        assert [t.get("name") for t in figure["data"] if t["type"] == "scatter"] == ["kept", "pruned"]
     assert any(t and t.startswith("Mask churn") for t in titles)
+
+
+def test_the_mask_legend_names_blank_cells_only_where_a_layer_has_fewer_units():
+    import numpy as np
+
+    from studio.charts import mask_heatmap
+
+    def legend(matrix) -> list[str]:
+        figure = mask_heatmap(np.array(matrix, dtype=float), "Mask", "channel")
+        assert figure.layout.showlegend
+        return [trace.name for trace in figure.data if trace.type == "scatter"]
+
+    assert legend([[1, 0, 1], [1, 0, np.nan]]) == ["kept", "pruned", "blank: the layer has fewer channels"]
+    assert legend([[1, 0, 1], [1, 0, 0]]) == ["kept", "pruned"]
 
 
 def test_evaluate_page_compares_dense_and_pruned_perplexity_and_generation(runs_dir, completed_run):
@@ -184,36 +208,350 @@ def test_evaluate_page_compares_dense_and_pruned_perplexity_and_generation(runs_
     at.slider(key="eval_new_tokens").set_value(8)
     at.button(key="eval_generate").click().run()
     assert errors(at) == []
-    assert len([t for t in at.text if t.value.startswith("The capital of France is")]) == 2
+    generated = [t.value for t in at.text if t.value.startswith("The capital of France is")]
+    assert len(generated) == 2
+
+    # another page, then back: the sidebar's links drop ?run=, and Streamlit the state of widgets not drawn
+    at.switch_page("app_pages/runs.py").run()
+    del at.query_params["run"]
+    at.switch_page("app_pages/evaluate.py").run()
+    assert errors(at) == []
+    assert at.selectbox(key="evaluate_run").value == run_id
+    assert at.multiselect(key="eval_datasets").value == ["wikitext2"]
+    assert (at.number_input(key="eval_seqlen").value, at.number_input(key="eval_windows").value) == (64, 1)
+    assert at.slider(key="eval_new_tokens").value == 8
+    assert at.dataframe[0].value.equals(rows)
+    assert [t.value for t in at.text if t.value.startswith("The capital of France is")] == generated
+    # the generations are the run's, like its perplexities: a second tab at these settings shows them
+    prompt, stored = "The capital of France is", evaluations.load(run_in_root(run_id, runs_dir))
+    texts = [stored[evaluations.generation_key(role, prompt, 8)]["text"] for role in ("dense", "pruned")]
+    assert [prompt + text for text in texts] == generated
 
 
-def test_export_page_prepares_the_archive_and_the_route_serves_it(runs_dir, completed_run, tmp_path):
+def download(run_id: str, query: str = ""):
+    """The download route's answer to ``GET /grasprune-download/<run_id>?<query>``."""
+    from starlette.requests import Request
+
+    from studio.routes import download as route
+
+    scope = {"type": "http", "method": "GET", "path_params": {"run_id": run_id}, "query_string": query.encode()}
+    return asyncio.run(route(Request(scope)))
+
+
+def test_export_page_prepares_the_bf16_archive_and_the_route_serves_it(runs_dir, completed_run, tiny_model_dir,
+                                                                      tmp_path):
     import hashlib
     import tarfile
 
-    from starlette.requests import Request
+    import torch
+    from safetensors import safe_open
 
+    from grasprune.convert import folder_size
     from grasprune.export import load_pruned
-    from studio.routes import download
-
-    def get(run_id: str):
-        return asyncio.run(download(Request({"type": "http", "method": "GET", "path_params": {"run_id": run_id}})))
+    from studio.common import size
 
     run_id = with_run(runs_dir, completed_run)
+    checkpoint = runs_dir / run_id / "checkpoint"
     at = app("app_pages/export.py", run_id)
+    assert errors(at) == []
+    choice = at.radio(key="export_precision")
+    assert choice.value == "bf16" and choice.options == ["bf16", "fp16", "fp32 (the run's checkpoint as is)"]
+    original = sum(f.stat().st_size for f in tiny_model_dir.glob("*.safetensors"))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Original model"] == size(original)
+    assert metrics["Checkpoint (fp32)"] == size(folder_size(checkpoint))
+    assert metrics["Export (bf16)"].startswith("≈ ")  # before the archive: the folder's size, from the headers
+    command = next(c.value for c in at.code if c.value.startswith("grasprune export"))
+    assert command == f"grasprune export {checkpoint} --dtype bf16 --out {checkpoint}-bf16"
     at.button(key="export_prepare").click().run()
     assert errors(at) == []
-    shown = " ".join(m.value for m in at.markdown)
-    response = get(run_id)
+    response = download(run_id, "precision=bf16")
     assert response.status_code == 200
-    assert f'filename="grasprune-{run_id}.tar"' in response.headers["content-disposition"]
+    assert f'filename="grasprune-{run_id}-bf16.tar"' in response.headers["content-disposition"]
     archive = Path(response.path)
-    assert archive.parent == runs_dir / run_id  # served from disk, not from memory
+    assert archive == runs_dir / run_id / "checkpoint-bf16.tar"  # served from disk, not from memory
     content = archive.read_bytes()
+    shown = " ".join(m.value for m in at.markdown)
     assert hashlib.sha256(content).hexdigest() in shown and f"{len(content):,} bytes" in shown
+    assert {m.label: m.value for m in at.metric}["Export (bf16)"] == size(len(content))
+    assert f"{len(content) / original:.2f}× the original model" in " ".join(c.value for c in at.caption)
+    assert any(f'load_pruned("grasprune-{run_id}-bf16")  # bf16, as stored' in c.value for c in at.code)
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
-    model, _ = load_pruned(tmp_path / "unpacked" / f"grasprune-{run_id}")
+    unpacked = tmp_path / "unpacked" / f"grasprune-{run_id}-bf16"
+    weights = (unpacked / "model.safetensors").stat().st_size
+    assert 0.49 < weights / (checkpoint / "model.safetensors").stat().st_size < 0.51
+    with safe_open(str(unpacked / "model.safetensors"), framework="pt") as handle:
+        assert {handle.get_slice(name).get_dtype() for name in handle.keys()} == {"BF16"}  # noqa: SIM118
+    model, _ = load_pruned(unpacked)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert sum(p.numel() for p in model.parameters()) == completed_run.report()["params"]["total_after"]
+    for query in ("precision=int8", "precision=BF16", "precision=..%2Fcheckpoint", "precision=",
+                  "precision=bf16&precision=fp32"):
+        answer = download(run_id, query)
+        assert answer.status_code == 400 and b"unknown precision" in answer.body and b"\n" not in answer.body
+    assert download(run_id).status_code == 404  # the checkpoint as is: its archive is not prepared
     for bad in ("../etc", "20261128-120000-zzzzzz", "x" * 30):
-        assert get(bad).status_code == 404
+        assert download(bad, "precision=bf16").status_code == 404
+
+
+def test_export_page_fp32_serves_the_checkpoint_as_is(runs_dir, completed_run):
+    run_id = with_run(runs_dir, completed_run)
+    at = app("app_pages/export.py", run_id)
+    at.radio(key="export_precision").set_value("fp32").run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Export (fp32)"] == "≈ " + metrics["Checkpoint (fp32)"]  # nothing converted
+    at.button(key="export_prepare").click().run()
+    assert errors(at) == []
+    for query in ("", "precision=fp32"):  # a link without a precision: the checkpoint as is
+        response = download(run_id, query)
+        assert response.status_code == 200 and Path(response.path) == runs_dir / run_id / "checkpoint.tar"
+        assert f'filename="grasprune-{run_id}.tar"' in response.headers["content-disposition"]
+    assert download(run_id, "precision=bf16").status_code == 404  # not prepared
+
+
+def test_home_says_what_grasprune_does_and_links_the_flow_the_runs_and_the_cli(runs_dir, completed_run):
+    run_id = with_run(runs_dir, completed_run)
+    at = AppTest.from_file(APP, default_timeout=120).run()  # the studio opens on Home
+    assert errors(at) == []
+    assert [t.value for t in at.title] == ["GRASPrune Studio"]
+    intro = at.markdown[0].value
+    for words in ("FFN channels", "KV-head groups", "one global parameter budget", "Learned gates",
+                  "dense checkpoint", "AutoModelForCausalLM.from_pretrained"):
+        assert words in intro
+    links = {link.value: (link.proto.page, link.proto.query_string) for link in at.get("page_link")}
+    for title in ("Prune", "Inspect", "Evaluate", "Export", "Explain"):
+        assert links[title][0].endswith(title.lower()), links
+    assert links[describe_run(runs_dir, run_id)] == (links["Prune"][0], f"run={run_id}")  # the runs so far
+    assert "1 run, 1 completed" in " ".join(c.value for c in at.caption)
+    command = at.code[0].value.splitlines()
+    assert command[0].startswith("grasprune prune --model smollm2-135m --keep-ratio 0.7 ")
+    assert command[1] == "grasprune inspect pruned-0.7"
+    at.button(key="home_start").click().run()
+    assert [t.value for t in at.title] == ["Prune"]
+
+
+def describe_run(runs_dir: Path, run_id: str) -> str:
+    from studio.common import describe
+
+    return describe(run_in_root(run_id, runs_dir))
+
+
+def test_a_run_link_to_the_home_page_opens_the_run(runs_dir, completed_run):
+    run_id = with_run(runs_dir, completed_run)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = run_id  # `/?run=<id>`, the link of the time when "/" was the Prune page
+    at.run()
+    assert errors(at) == []
+    assert [t.value for t in at.title] == ["Prune"]
+    assert any("Completed" in s.value for s in at.success)
+
+
+def test_keep_ratio_one_prunes_nothing_and_is_refused(runs_dir, tiny_model_dir):
+    with pytest.raises(UserError, match="keeps every prunable parameter, so nothing would be pruned"):
+        PruneConfig(model=str(tiny_model_dir), keep_ratio=1.0).resolved()
+    assert app().slider(key="prune_keep_ratio").max == 0.99  # the studio cannot ask for it
+
+
+def test_the_keep_ratio_slider_starts_at_the_models_minimum(runs_dir, tiny_model_dir):
+    from grasprune.budget_preview import preview
+
+    at = app()
+    smol = preview("smollm2-135m")
+    slider = at.slider(key="prune_keep_ratio")
+    assert slider.min == math.ceil(smol.minimum_keep_ratio * 100) / 100 == 0.09  # 8,899,200 of 106,168,320
+    assert slider.value == 0.7
+    at.slider(key="prune_keep_ratio").set_value(0.1).run()  # fine for SmolLM2, too low for the tiny model
+    at.text_input(key="prune_model").set_value(str(tiny_model_dir)).run()
+    assert errors(at) == []
+    tiny = preview(str(tiny_model_dir))
+    lowest = math.ceil(tiny.minimum_keep_ratio * 100) / 100
+    assert 0.1 < lowest < 0.7 and tiny.budget(lowest) >= tiny.minimum_params
+    slider = at.slider(key="prune_keep_ratio")
+    assert (slider.min, slider.value) == (lowest, lowest)  # the stale 0.1 raised to the lowest possible
+    assert {m.label for m in at.metric} >= {"Removed of prunable"}  # the panel shows a budget, not an error
+
+
+def test_inspect_opens_on_the_newest_completed_run(runs_dir, completed_run, tiny_model_dir):
+    completed_id = with_run(runs_dir, completed_run)
+    newer = create_run(PruneConfig(model=str(tiny_model_dir), **TINY), runs_dir)  # failed after its start
+    newer.event_log().emit("phase", phase="loading")
+    newer.set_status("failed", message="out of memory")
+    assert [r.id for r in list_runs(runs_dir)] == [newer.id, completed_id]
+    at = app("app_pages/inspect.py")
+    assert errors(at) == []
+    assert at.selectbox(key="inspect_run").value == completed_id
+    assert at.query_params["run"] in (completed_id, [completed_id])
+
+
+
+def shown_cells(element):
+    """The cells of a styled dataframe as the page writes them (its display values)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(element.proto.arrow_data.styler.display_values).read_all().to_pandas()
+
+
+def make_far_worse(run, factor: float = 10.0) -> float:
+    """Record ``run``'s dense perplexity as ``factor`` times lower than its pruned one (report and events):
+    what a demo-sized run of a real model gives. Returns the dense figure."""
+    report = run.report()
+    metric = report["metrics"]["ppl_wikitext2"]
+    metric["dense_ppl"] = metric["ppl"] / factor
+    run.report_path.write_text(json.dumps(report))
+    lines = [json.loads(line) for line in run.events_path.read_text().splitlines()]
+    for event in lines:
+        if event["type"] == "dense_metric":
+            event["ppl"] = metric["dense_ppl"]
+    run.events_path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return metric["dense_ppl"]
+
+
+def test_run_page_shows_the_dense_perplexity_beside_the_pruned_one(runs_dir, completed_run):
+    from grasprune.dense_reference import perplexity_line
+
+    run_id = with_run(runs_dir, completed_run)
+    metric = completed_run.report()["metrics"]["ppl_wikitext2"]
+    at = app(run_id=run_id)
+    assert errors(at) == []
+    line = perplexity_line(metric)
+    assert line.startswith(f"WikiText-2 perplexity: pruned {metric['ppl']:,.1f} · dense {metric['dense_ppl']:,.1f} · ×")
+    assert line in [m.value for m in at.markdown]
+    assert not [w.value for w in at.warning]  # a random tiny model: pruned and dense are alike
+
+
+def test_run_page_warns_when_the_pruned_model_is_far_worse_than_dense(runs_dir, completed_run):
+    run_id = with_run(runs_dir, completed_run)
+    dense = make_far_worse(run_in_root(run_id, runs_dir))
+    at = app(run_id=run_id)
+    assert errors(at) == []
+    assert any(f"· dense {dense:,.1f} · ×10.0 (seqlen 64, 1 window)" in m.value for m in at.markdown)
+    (warning,) = [w.value for w in at.warning]
+    assert warning.startswith("The pruned model is far worse than the dense one: its WikiText-2 perplexity is ×10.0")
+    assert "a keep ratio above 0.5" in warning and "The studio's quick settings are a demo" in warning
+
+
+def test_runs_page_shows_dense_beside_pruned_with_formatted_numbers(runs_dir, completed_run, tiny_model_dir):
+    run_id = with_run(runs_dir, completed_run)
+    create_run(PruneConfig(model=str(tiny_model_dir), **TINY), runs_dir)  # not started: empty cells
+    metric = completed_run.report()["metrics"]["ppl_wikitext2"]
+    at = app("app_pages/runs.py")
+    assert errors(at) == []
+    table, cells = at.dataframe[0].value, shown_cells(at.dataframe[0])
+    columns = list(table.columns)
+    assert columns.index("dense wikitext2") == columns.index("ppl wikitext2") + 1
+    done = list(table["run"]).index(run_id)
+    assert table["dense wikitext2"][done] == metric["dense_ppl"]  # the value sorts as a number
+    assert cells["dense wikitext2"][done] == f"{metric['dense_ppl']:,.1f}"
+    assert cells["ppl wikitext2"][done] == f"{metric['ppl']:,.1f}"
+    assert cells["removed % of all"][done].endswith("%") and cells["keep ratio"][done] == "0.50"
+    assert set(cells.iloc[1 - done][["ppl wikitext2", "dense wikitext2", "params after", "phase"]]) == {"–"}
+    assert not any(text in ("None", "nan") for text in cells.to_numpy().ravel())
+
+
+PHASE_LINE = re.compile(r"^(✅|▶️|⏸️|⏭️|⏳) (\*\*)?([a-z ]+?)(\*\*)?: (.+)$")
+
+
+def phase_lines(at: AppTest) -> dict[str, tuple[str, str]]:
+    """The live view's phase list: {label: (icon, text)}, in the list's order."""
+    (listing,) = [m.value for m in at.markdown if m.value.startswith(("✅ loading", "▶️ **loading", "⏳ loading"))]
+    return {found[3]: (found[1], found[5]) for found in map(PHASE_LINE.match, listing.split("  \n"))}
+
+
+def test_the_live_view_lists_the_runs_own_phases_importance_included_with_their_durations(runs_dir,
+                                                                                         completed_run):
+    run_id = with_run(runs_dir, completed_run)
+    at = app(run_id=run_id)
+    assert errors(at) == []
+    lines = phase_lines(at)
+    assert list(lines) == ["loading", "importance scoring", "gate training", "scale calibration", "export",
+                           "evaluation"]  # the default variant starts from an importance pass
+    for icon, text in lines.values():
+        assert icon == "✅" and re.fullmatch(r"done in \dm \d\ds", text)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["ETA (whole run)"] == "–"
+
+
+def running_run(runs_dir: Path, tiny_model_dir: Path, now: float):
+    """A run the studio sees running (its status names this process) 24 s in: loaded in 2 s, importance
+    in 6 s over 4 blocks, gate training at step 4 of 8 after 4 s a step; nothing measured before it."""
+    from grasprune.events import EventLog
+
+    run = create_run(PruneConfig(model=str(tiny_model_dir), **TINY), runs_dir)
+    run.set_status("running")
+    lines = [("phase", now - 24, {"phase": "loading", "config": run.config().resolved().to_dict()}),
+             ("model", now - 22, {"total_params": 6_420_928, "prunable_params": 129_024, "budget": 64_512,
+                                  "layers": [{"ffn_channels": 96, "kv_groups": 4, "q_heads": 8}] * 3}),
+             ("phase", now - 22, {"phase": "importance", "total": 4}),
+             *[("progress", now - 22 + 1.5 * n, {"phase": "importance", "done": n, "total": 4}) for n in range(1, 5)],
+             ("phase", now - 16, {"phase": "gate_training", "total": 8}),
+             *[("step", now - 16 + 4 * n, {"phase": "gate_training", "step": n, "total": 8, "loss": 3.0, "eta": 16})
+               for n in range(1, 5)]]
+    log = EventLog(run.events_path)
+    with open(log.path, "w") as handle:
+        handle.writelines(json.dumps({"type": kind, "time": time, **fields}) + "\n" for kind, time, fields in lines)
+    return run
+
+
+def test_a_running_run_shows_done_current_and_pending_phases_and_one_eta(runs_dir, tiny_model_dir):
+    now = time.time()
+    run = running_run(runs_dir, tiny_model_dir, now)
+    at = app(run_id=run.id)
+    waited = time.time() - now
+    assert errors(at) == []
+    lines = phase_lines(at)
+    assert lines["loading"] == ("✅", "done in 0m 02s")
+    assert lines["importance scoring"] == ("✅", "done in 0m 06s")
+    icon, text = lines["gate training"]
+    # 4 steps left at 1 step / 4 s from its own rate (steps 1 to 4), less the time since the last step
+    left = re.fullmatch(r"step 4/8 \(50%\) · about 0m (\d\d)s left", text)
+    assert icon == "▶️" and left and 16 - waited - 1 <= int(left[1]) <= 16
+    for label in ("scale calibration", "export", "evaluation"):
+        assert lines[label] == ("⏳", "pending, a few seconds")  # a tiny model: the predictions are small
+    (bar,) = at.get("progress")
+    assert re.fullmatch(r"gate training · step 4/8 \(50%\) · ETA 0m \d\ds", bar.proto.text)
+    eta = {m.label: m.value for m in at.metric}["ETA (whole run)"]
+    minutes, seconds = map(int, re.fullmatch(r"(\d+)m (\d\d)s", eta).groups())
+    assert minutes * 60 + seconds > int(left[1])  # the current phase's rest, and the pending phases after it
+    run.set_status("stopped", message="test over")
+
+
+def test_a_run_its_worker_took_says_starting_and_offers_no_resume(runs_dir, tiny_model_dir, monkeypatch):
+    registry = jobs_module.registry()
+    run = create_run(PruneConfig(model=str(tiny_model_dir), **TINY), runs_dir)  # its status file says queued
+    at = app(run_id=run.id)  # no job of this server holds it: it waits for Resume
+    resume_message = "Created but not started: press Resume to queue it."
+    assert [i.value for i in at.info if "press Resume" in i.value] == [resume_message]
+    assert at.button(key=f"resume-{run.id}")
+    # the worker popped it and launched its process, which has not written "running" yet (importing PyTorch)
+    taken = jobs_module.Job(run.id, run.folder, runs_dir, "cpu", state="running")
+    monkeypatch.setattr(registry, "job", lambda run_id: taken if run_id == run.id else None)
+    at = app(run_id=run.id)
+    assert errors(at) == []
+    infos = [i.value for i in at.info]
+    assert any(i.startswith("Starting…") for i in infos) and not any("press Resume" in i for i in infos)
+    assert not [b for b in at.button if b.key == f"resume-{run.id}"]
+    assert at.button(key=f"stop-{run.id}")
+    assert any(" · starting · folder " in c.value for c in at.caption)
+
+
+def test_the_prune_page_shows_the_expected_duration_of_its_settings(runs_dir):
+    from grasprune.budget_preview import preview
+    from grasprune.estimate import ModelSize, expected_durations, rates_for
+    from studio.defaults import QUICK
+    from studio.estimates import about
+
+    def expected(**changes) -> str:
+        config = PruneConfig(model="smollm2-135m", device="cpu", **{**QUICK, **changes}).resolved()
+        found = preview("smollm2-135m")
+        seconds = sum(expected_durations(config, ModelSize(found.total_params, found.prunable_params),
+                                         rates_for(runs_dir, "cpu")).values())
+        return f"Expected duration: {about(seconds)} (built-in rates"
+
+    at = app()
+    assert errors(at) == []
+    (caption,) = [c.value for c in at.caption if c.value.startswith("Expected duration")]
+    assert caption.startswith(expected()) and expected().startswith("Expected duration: about 4 min")
+    at.number_input(key="prune_epochs").set_value(4).run()
+    (caption,) = [c.value for c in at.caption if c.value.startswith("Expected duration")]
+    assert caption.startswith(expected(epochs=4)) and expected(epochs=4) != expected()

@@ -127,6 +127,7 @@ BAD_INPUTS = [
     cli("prune", "--model", "{files}/missing.gguf", message="GGUF file not found"),
     cli("prune", "--model", "{tiny}", "--keep-ratio", "0", message="outside (0, 1]"),
     cli("prune", "--model", "{tiny}", "--keep-ratio", "1.5", message="outside (0, 1]"),
+    cli("prune", "--model", "{tiny}", "--keep-ratio", "1", message="nothing would be pruned"),
     cli("prune", "--model", "{tiny}", "--keep-ratio", "abc",
         message="argument --keep-ratio: 'abc' is not a number"),
     cli("prune", "--model", "{tiny}", "--keep-ratio", "0.001",
@@ -229,7 +230,6 @@ BAD_INPUTS = [
     app("cannot read the config of model 'someone/missing-model'", model="someone/missing-model"),
     app("holds only pickled weights", model="{files}/pickled"),
     app("ships custom modeling code (auto_map)", model="{files}/custom"),
-    app("is impossible for this model", keep_ratio=0.05),
     app("data file not found", calib="/nonexistent/calibration.txt"),
     app("is not a file", calib="{files}/empty-folder"),
     app("is not a text file", calib="{files}/weights.bin"),
@@ -338,6 +338,7 @@ def studio(files, tiny_model_dir, tmp_path_factory):
         st.cache_data.clear()
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
         at.run()
+        at.switch_page("app_pages/prune.py").run()
         yield at, runs
         jobs.registry().shutdown()
         st.cache_resource.clear()

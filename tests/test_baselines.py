@@ -4,6 +4,7 @@ import torch
 from grasprune.adapters import ModelAdapter
 from grasprune.baselines import (
     BASELINES,
+    CALIBRATION_PASSES,
     flap_bias_compensation,
     flap_scores,
     input_statistics,
@@ -47,6 +48,14 @@ def zero_unit(adapter, layer, kind, index):
             view.k.weight[kv] = 0
             view.v.weight[kv] = 0
             view.o.weight[:, q] = 0
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_the_criteria_that_run_calibration_blocks_report_each_block(method):
+    model, adapter, layout, blocks = setup()
+    seen = []
+    unit_importance(method, model, adapter, layout, blocks, progress=lambda done, total: seen.append((done, total)))
+    assert seen == ([(1, 3), (2, 3), (3, 3)] if CALIBRATION_PASSES[method] else [])
 
 
 @pytest.mark.parametrize("method", BASELINES)

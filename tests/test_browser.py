@@ -61,8 +61,15 @@ def test_prune_live_refresh_stop_resume_evaluate_download(server, tiny_model_dir
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1300}, accept_downloads=True)
         page.set_default_timeout(60_000)
-        page.goto(url)
+        page.goto(url)  # the studio opens on Home; its button leads to the Prune page
         settle(page, 120_000)
+        page.get_by_role("heading", name="GRASPrune Studio").first.wait_for()
+        landing = page.locator("[data-testid='stMain']").inner_text()
+        for words in ("one global parameter budget", "Prune → Inspect → Evaluate → Export", "Explain"):
+            assert words in landing, landing
+        page.locator(".st-key-home_start button").click()
+        page.locator(".st-key-prune_model input").wait_for(timeout=120_000)
+        settle(page)
         assert page.locator(".st-key-prune_model input").input_value() == "smollm2-135m"
 
         # a tiny model, enough gate-training steps to watch, stop and resume
@@ -88,6 +95,10 @@ def test_prune_live_refresh_stop_resume_evaluate_download(server, tiny_model_dir
                 seen.append(text)
             time.sleep(0.7)
         assert len(set(seen)) >= 3, seen
+        # the phase list names the importance pass (the default variant's start) before gate training
+        phases = page.locator("[data-testid='stMarkdownContainer']", has_text="gate training:").first.inner_text()
+        assert re.search(r"importance scoring: done in", phases), phases
+        assert re.search(r"scale calibration: pending", phases), phases
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 
@@ -106,7 +117,13 @@ def test_prune_live_refresh_stop_resume_evaluate_download(server, tiny_model_dir
         resume.click()
         page.locator(f".st-key-stop-{run_id} button").wait_for(timeout=60_000)  # live again
         page.get_by_text("Completed.").wait_for(timeout=300_000)
-        page.get_by_text("Perplexity wikitext2").first.wait_for()
+        # every phase of the run named in the list, each finished
+        phases = page.locator("[data-testid='stMarkdownContainer']", has_text="gate training:").first.inner_text()
+        for phase in ("loading", "importance scoring", "gate training", "scale calibration", "export", "evaluation"):
+            assert re.search(rf"{phase}: (done in|skipped)", phases), phases
+        # the dense model's perplexity beside the pruned one, at the run's own settings
+        line = page.get_by_text("WikiText-2 perplexity: pruned").first.inner_text()
+        assert re.search(r"pruned [\d,.]+ · dense [\d,.]+ · ×[\d,.]+ \(seqlen 64, 1 window\)", line), line
 
         # evaluate: dense vs pruned perplexity
         page.locator("[data-testid='stSidebarNavLink']", has_text="Evaluate").click()
@@ -136,7 +153,7 @@ def test_prune_live_refresh_stop_resume_evaluate_download(server, tiny_model_dir
 
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
-    model, _ = load_pruned(tmp_path / "unpacked" / f"grasprune-{run_id}")
+    model, _ = load_pruned(tmp_path / "unpacked" / f"grasprune-{run_id}-bf16")  # the default precision
     report = open_run(run_id, runs).report()
     assert sum(p.numel() for p in model.parameters()) == report["params"]["total_after"]
     stopped = [e for e in open_run(run_id, runs).events() if e["type"] == "stopped"]
@@ -160,7 +177,8 @@ def test_a_deep_link_on_a_fresh_server_opens_inside_the_studio(server):
             page.get_by_role("heading", name=heading).first.wait_for()
             nav = page.locator("[data-testid='stSidebarNav']").inner_text()
             lines = [line.strip() for line in nav.splitlines() if line.strip()]
-            assert all(title in lines for title in ("Prune", "Runs", "Inspect", "Evaluate", "Export", "Explain")), nav
+            titles = ("Home", "Prune", "Runs", "Inspect", "Evaluate", "Export", "Explain")
+            assert all(title in lines for title in titles), nav
             assert not {"app", "prune", "runs", "explain"} & set(lines), nav  # no file-name navigation
             assert page.get_by_text("GRASPrune Studio").count() >= 1  # the frame's sidebar
         browser.close()

@@ -1,6 +1,7 @@
 """The CLI end to end on a tiny model (its bad inputs are in test_bad_inputs.py)."""
 
 import json
+import re
 
 import pytest
 
@@ -36,6 +37,22 @@ def test_prune_writes_a_complete_report(pruned):
     assert report["metrics"]["ppl_wikitext2"]["windows"] == 2
     assert "% of prunable" in result.stdout.replace("prunable,", "% of prunable") or "of prunable" in result.stdout
     assert "of all parameters" in result.stdout
+    dense = report["metrics"]["ppl_wikitext2"]["dense_ppl"]
+    assert f" · dense {dense:,.1f} · ×" in result.stdout and "WikiText-2 perplexity: pruned " in result.stdout
+
+
+def test_the_importance_pass_reports_its_progress_per_block_and_each_phase_its_duration(pruned):
+    from grasprune.runs import list_runs
+
+    out, result = pruned
+    (run,) = list_runs(out.parent / "runs")
+    events = run.events()
+    phase = next(e for e in events if e["type"] == "phase" and e["phase"] == "importance")  # the guided start
+    assert phase["total"] == 4
+    assert [(e["phase"], e["done"], e["total"]) for e in events if e["type"] == "progress"] == [
+        ("importance", n, 4) for n in range(1, 5)]
+    for name in ("loading", "importance", "gate_training", "scale_calibration", "export", "evaluation"):
+        assert re.search(rf"^\[{name}\] done in \d+\.\ds$", result.stderr, re.MULTILINE), name
 
 
 def test_ppl_json_on_the_pruned_checkpoint(pruned):

@@ -17,7 +17,8 @@ def test_shown_command_round_trips_every_setting():
     config = PruneConfig(model="/models/my model", keep_ratio=0.55, calib_data="c4#lines=0:10", calib_samples=8,
                          block_len=128, epochs=3, rescale_samples=4, rescale_epochs=0, seed=7, device="cpu",
                          dtype="fp32", checkpoint_every=4, eval_datasets=["wikitext2", "ptb"], eval_seqlen=128,
-                         eval_windows=2, trust_remote_code=True)
+                         eval_windows=2, eval_dense=False, trust_remote_code=True)
+    assert "--no-eval-dense" in prune_command(config)
     assert parsed(prune_command(config)) == config
 
 

@@ -30,7 +30,7 @@ texts = st.text(max_size=20) | st.text("ab \n\r\t'\"\\", max_size=8)
 # every field's valid values (a new field without an entry here fails test_every_field_has_a_strategy)
 VALID = {
     "model": st.text(min_size=1, max_size=30).filter(str.strip),
-    "keep_ratio": st.floats(min_value=0.0, max_value=1.0, exclude_min=True, **finite),
+    "keep_ratio": st.floats(min_value=0.0, max_value=1.0, exclude_min=True, exclude_max=True, **finite),
     "method": st.sampled_from(METHODS),
     "variant": st.sampled_from(list(VARIANTS)),
     "score_init": st.none() | st.sampled_from(SCORE_INITS),
@@ -57,6 +57,7 @@ VALID = {
     "eval_datasets": st.lists(st.sampled_from(EVAL_DATASETS), unique=True),
     "eval_seqlen": st.integers(2, 10**5),
     "eval_windows": st.none() | counts,
+    "eval_dense": st.booleans(),
     "trust_remote_code": st.booleans(),
     "allow_pickle": st.booleans(),
     "device_map": st.none(),  # a name needs accelerate's devices, a file a JSON map: see test_scaling.py
@@ -67,8 +68,8 @@ VALID = {
 }
 # values out of range for each numeric or named field (the right JSON type, a wrong value)
 OUT_OF_RANGE = {
-    "keep_ratio": st.floats(max_value=0.0) | st.floats(min_value=1.0, exclude_min=True)
-    | st.sampled_from([math.nan, math.inf, -math.inf]) | st.integers(2, 10**400),
+    "keep_ratio": st.floats(max_value=0.0) | st.floats(min_value=1.0)  # 1.0 prunes nothing: refused
+    | st.sampled_from([math.nan, math.inf, -math.inf]) | st.integers(1, 10**400),
     "method": texts.filter(lambda s: s not in METHODS),
     "variant": texts.filter(lambda s: s not in VARIANTS),
     "score_init": texts.filter(lambda s: s not in SCORE_INITS),

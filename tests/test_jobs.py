@@ -107,3 +107,16 @@ def test_the_log_tail_reads_only_the_end_of_a_long_log(tmp_path):
     assert log_tail(log, lines=10**6).count("\n") < 16384 // 10  # only the last 16 KiB were read
     log.write_text("")
     assert log_tail(log) == ""
+
+
+def test_a_run_taken_by_the_worker_is_starting_until_its_process_says_running():
+    from grasprune.jobs import shown_state
+
+    assert shown_state("queued", None) == "queued"  # created, or left queued by an earlier server: Resume
+    assert shown_state("queued", "queued") == "queued"
+    assert shown_state("stopped", "queued") == "queued"  # resubmitted; the status file follows right after
+    assert shown_state("queued", "running") == "starting"  # popped and launched, PyTorch still importing
+    assert shown_state("running", "running") == "running"
+    assert shown_state("stopped", "running") == "stopped"  # it stopped; its process is exiting
+    assert shown_state("queued", "finished") == "queued"  # its process died before writing anything
+    assert shown_state("completed", None) == "completed"

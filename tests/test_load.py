@@ -82,7 +82,7 @@ def test_three_sessions_starting_at_once_are_queued_one_job_at_a_time(server, ti
         pages = [browser.new_context(viewport={"width": 1400, "height": 1200}).new_page() for _ in range(3)]
         for page in pages:
             page.set_default_timeout(60_000)
-            page.goto(url)
+            page.goto(f"{url}/prune")
             settle(page, 120_000)
             fill(page, "prune_model", tiny_model_dir)
             for key, value in (("prune_samples", 4), ("prune_block_len", 32), ("prune_rescale_samples", 2)):

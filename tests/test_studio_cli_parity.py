@@ -3,6 +3,7 @@ under 10 minutes on CPU, and its checkpoint equals the one the shown CLI command
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 from grasprune.cli_command import prune_command
 from grasprune.config import PruneConfig
 from grasprune.jobs import JobRegistry
-from grasprune.runs import create_run
+from grasprune.runs import create_run, list_runs
 from studio.defaults import QUICK
 
 from conftest import run_cli
@@ -39,3 +40,8 @@ def test_default_studio_run_matches_the_cli_and_finishes_in_ten_minutes(tmp_path
     assert app_weights.keys() == cli_weights.keys()
     for name, tensor in app_weights.items():
         assert tensor.equal(cli_weights[name]), name
+    # the dense figure beside the pruned one: the same for both, measured once and then taken from the cache
+    cli_report = json.loads((out / "grasprune.json").read_text())
+    assert cli_report["metrics"]["ppl_wikitext2"]["dense_ppl"] == run.report()["metrics"]["ppl_wikitext2"]["dense_ppl"]
+    (cli_run,) = list_runs(tmp_path / "cli-runs")
+    assert [e["cached"] for e in cli_run.events() if e["type"] == "dense_metric"] == [True]

@@ -77,3 +77,16 @@ def test_a_resumed_run_replaces_replayed_steps_after_thinning():
     assert series[-1] == (resume_from + 9, -1.0)
     assert all(loss == -1.0 for s, loss in series if s >= resume_from)
     assert [s for s, _ in series] == sorted({s for s, _ in series})
+
+
+def test_the_importance_pass_has_its_own_progress_and_each_phase_its_span():
+    events = [{"type": "phase", "time": 0.0, "phase": "loading"},
+              {"type": "phase", "time": 3.0, "phase": "importance", "total": 4},
+              {"type": "progress", "time": 4.0, "phase": "importance", "done": 1, "total": 4},
+              {"type": "progress", "time": 5.0, "phase": "importance", "done": 2, "total": 4}]
+    tl = timeline_of(events)
+    assert (tl.phase_label, tl.fraction) == ("importance scoring", 0.5)
+    assert tl.spans["loading"].duration == 3.0 and tl.spans["loading"].completed
+    assert tl.spans["importance"].rate(min_points=2) == 1.0 and tl.spans["importance"].rate() is None
+    tl.extend([{"type": "phase", "time": 9.0, "phase": "gate_training", "total": 8}])
+    assert tl.spans["importance"].duration == 6.0 and tl.fraction == 0.0
