@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from grasprune.cli_command import prune_command
 from grasprune.config import PruneConfig
@@ -82,12 +83,25 @@ def the_run(root):
     return open_run(folder)
 
 
-def assert_same_result(run, reference) -> None:
+def assert_same_result(run, reference, exact: bool = True) -> None:
+    """The same scores, scales and checkpoint bit for bit; with ``exact`` False, gate training bit for bit
+    and the scales and checkpoint to their rounding. One process calibrates the scales on the model cut to
+    its mask, FSDP and a device map on the gated full model: the same function, whose bf16 matmuls the
+    CPU may block differently at the two widths (bit-identical on the Xeons CI has run on; up to 1.5e-4
+    apart on gammas near 1 on an AMD EPYC without AVX-512)."""
     assert run.status()["status"] == "completed"
     assert run.scores_path.read_bytes() == reference.scores_path.read_bytes()
-    assert run.gamma_path.read_bytes() == reference.gamma_path.read_bytes()
-    assert (run.output_dir() / "model.safetensors").read_bytes() == \
-        (reference.output_dir() / "model.safetensors").read_bytes()
+    if exact:
+        assert run.gamma_path.read_bytes() == reference.gamma_path.read_bytes()
+        assert (run.output_dir() / "model.safetensors").read_bytes() == \
+            (reference.output_dir() / "model.safetensors").read_bytes()
+        return
+    gamma, expected_gamma = (load_file(str(r.gamma_path))["gamma"] for r in (run, reference))
+    torch.testing.assert_close(gamma, expected_gamma, rtol=0, atol=1e-3)
+    weights, expected = (load_file(str(r.output_dir() / "model.safetensors")) for r in (run, reference))
+    assert weights.keys() == expected.keys()
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=2e-3, atol=1e-5, msg=name)
 
 
 def placements(run) -> list[dict]:
@@ -154,7 +168,7 @@ def test_fsdp_shards_the_backbone_and_gives_the_single_process_result(reference,
     config = tiny_config(tiny_model_dir, fsdp=True)
     finish(torchrun(one_machine(), [*prune_args(config), "--runs-dir", str(tmp_path)]))
     run = the_run(tmp_path)
-    assert_same_result(run, reference)
+    assert_same_result(run, reference, exact=False)
     devices = placements(run)[0]["devices"]
     (whole,) = placements(reference)[0]["devices"]
     full = whole["param_bytes"]  # the bf16 weights on the one device of the reference run
@@ -193,7 +207,7 @@ def split_map(tmp_path):
 
 def test_a_device_map_in_two_parts_gives_the_unsplit_result(reference, tiny_model_dir, split_map, tmp_path):
     run = single_process(tiny_config(tiny_model_dir, device_map=str(split_map)), tmp_path)
-    assert_same_result(run, reference)
+    assert_same_result(run, reference, exact=False)
     rows = {d["device"]: d for d in placements(run)[0]["devices"]}
     assert rows["cpu"]["layers"] == [0] and rows["disk"]["layers"] == [1, 2]
     assert rows["cpu"]["peak_bytes"] > 0 and rows["disk"]["peak_bytes"] is None
