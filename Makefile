@@ -50,4 +50,4 @@ bench-speed: install
 	$(BIN)/python -m bench.speed
 
 lint: install-dev
-	$(BIN)/ruff check grasprune studio tests bench app.py app_pages
+	$(BIN)/ruff check grasprune studio tests bench app.py app_pages integrations

@@ -1,5 +1,7 @@
 """Export: the checkpoint in bf16 (default), fp16 or fp32 as one archive, streamed from disk, its size
-beside the original model's and the checkpoint's, the equivalent CLI command and the Python that loads it."""
+beside the original model's and the checkpoint's, the equivalent CLI command and the Python that loads it;
+or as a GGUF file for llama.cpp and Ollama (f16, bf16, q8_0, q4_k_m, f32) with its Modelfile and the
+commands that run it."""
 
 from __future__ import annotations
 
@@ -8,9 +10,26 @@ from pathlib import Path
 
 import streamlit as st
 
-from grasprune.archive import ArchiveInfo, archive_info, build_archive, check_servable, load_snippet
+from grasprune.archive import (
+    GGUF_PREFIX,
+    ArchiveInfo,
+    archive_info,
+    build_archive,
+    check_servable,
+    load_snippet,
+)
 from grasprune.convert import DEFAULT_PRECISION, PRECISIONS, checkpoint_precision, converted_size, folder_size
 from grasprune.errors import UserError
+from grasprune.gguf_export import (
+    DEFAULT_GGUF_TYPE,
+    GGUF_TYPES,
+    INSTALL_LLAMA_CPP,
+    LLAMA_CPP_TYPES,
+    check_gguf_exportable,
+    estimated_size,
+    gguf_file_name,
+    llama_cpp_available,
+)
 from grasprune.models import weights_size
 from studio.common import pick_completed_run, root, size
 from studio.routes import download_url
@@ -32,6 +51,11 @@ def main() -> None:
         stored = checkpoint_precision(folder)
     except UserError as err:
         st.warning(str(err))
+        return
+    formats = {"safetensors": "safetensors (transformers, vLLM)", "gguf": "GGUF (llama.cpp, Ollama)"}
+    if st.radio("Format", list(formats), key="export_format", horizontal=True,
+                format_func=formats.get) == "gguf":
+        show_gguf(run, folder)
         return
     precision = st.radio("Precision", list(PRECISIONS), index=list(PRECISIONS).index(DEFAULT_PRECISION),
                          key="export_precision", horizontal=True,
@@ -73,11 +97,86 @@ def show_sizes(model: str, folder: Path, stored: str | None, precision: str, inf
         st.caption(f"The {precision} export is {' and '.join(versus)}.")
 
 
-def show_download(run_id: str, precision: str, info: ArchiveInfo) -> None:
+def show_gguf(run, folder: Path) -> None:
+    """The GGUF export: type, size, the CLI command, the archive (the .gguf and its Modelfile), and how to
+    run it in llama.cpp and Ollama."""
+    refusal = gguf_refusal(str(folder))
+    if refusal:
+        st.warning(refusal)
+        return
+    available = llama_cpp_available()
+    gguf_type = st.radio("GGUF type", list(GGUF_TYPES), index=GGUF_TYPES.index(DEFAULT_GGUF_TYPE),
+                         key="export_gguf_type", horizontal=True,
+                         format_func=lambda t: f"{t} (needs llama-cpp-python)" if t in LLAMA_CPP_TYPES
+                         and not available else t)
+    key = GGUF_PREFIX + gguf_type
+    info = archive_info(run, key)
+    sizes = st.container()
+    st.caption("The same export from the command line (a folder with the .gguf and an Ollama Modelfile):")
+    out = folder.with_name(f"{folder.name}-gguf-{gguf_type}")
+    st.code(f"grasprune export {shlex.quote(str(folder))} --format gguf --type {gguf_type} "
+            f"--out {shlex.quote(str(out))}", language="bash")
+    if gguf_type in LLAMA_CPP_TYPES and not available:
+        st.info(f"{gguf_type} is quantized by llama.cpp's own quantizer: install it with `{INSTALL_LLAMA_CPP}` "
+                "(a source build, minutes), or choose f16, bf16 or q8_0.")
+    elif info is None and st.button("Prepare the GGUF", key="export_gguf_prepare", type="primary"):
+        with st.spinner("Writing the GGUF (once per type; later downloads reuse it)…"):
+            try:
+                info = build_archive(run, root(), key)
+            except UserError as err:
+                st.error(str(err))
+    with sizes:
+        checkpoint = folder_size(folder)
+        exported = info.size if info is not None else estimated_gguf_size(str(folder), gguf_type)
+        left, right = st.columns(2)
+        left.metric("Checkpoint", size(checkpoint), help=f"`{folder}`")
+        right.metric(f"GGUF ({gguf_type})", size(exported) if info is not None else f"≈ {size(exported)}",
+                     help="the archive (.gguf + Modelfile)" if info is not None else "prepare it for its exact size")
+        st.caption(f"The {gguf_type} GGUF is {exported / checkpoint:.2f}× the checkpoint. llama.cpp reads it as its "
+                   "`deci` architecture, which gives every layer its own widths.")
+    if info is None:
+        return
+    download_link(run.id, key, info)
+    name = gguf_file_name(folder, gguf_type)
+    st.caption("Modelfile (beside the .gguf in the archive):")
+    st.code(modelfile_text(info.path, info.folder_name), language="dockerfile")
+    st.caption("Run it, after `tar xf " + info.download_name() + "`:")
+    st.code(f"cd {info.folder_name}\nollama create {info.folder_name} -f Modelfile && ollama run {info.folder_name}\n"
+            f"llama-cli -m {name} -p 'The capital of France is' -n 32", language="bash")
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def gguf_refusal(folder: str) -> str | None:
+    try:
+        check_gguf_exportable(Path(folder))
+    except UserError as err:
+        return str(err)
+    return None
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def estimated_gguf_size(folder: str, gguf_type: str) -> int:
+    return estimated_size(Path(folder), gguf_type)
+
+
+def modelfile_text(archive: Path, folder_name: str) -> str:
+    """The Modelfile inside a GGUF archive."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile(f"{folder_name}/Modelfile")
+        return member.read().decode() if member is not None else ""
+
+
+def download_link(run_id: str, precision: str, info: ArchiveInfo) -> None:
     st.markdown(f'<a href="{download_url(run_id, precision)}" download="{info.download_name()}" '
                 f'class="grasprune-download">⬇ Download {info.download_name()}</a> ({size(info.size)})',
                 unsafe_allow_html=True)
     st.markdown(f"Size **{info.size:,} bytes** · sha256 `{info.sha256}`")
+
+
+def show_download(run_id: str, precision: str, info: ArchiveInfo) -> None:
+    download_link(run_id, precision, info)
     st.caption("Load it in Python:")
     st.code(load_snippet(info), language="python")
     st.caption("Or with transformers alone, after unpacking:")

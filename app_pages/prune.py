@@ -30,6 +30,7 @@ from studio.live import live_view
 from studio.placement import placement_panel
 
 STEP = 0.01
+ALIGNS = (1, 8, 16, 32, 64, 128, 256)  # FFN channels per layer kept in multiples of this (1 = off)
 MAX_KEEP = 0.99  # a keep ratio of 1 prunes nothing (PruneConfig refuses it)
 CALIB_CHOICES = {DEFAULT_CALIB: "WikiText-2 (first half)", "c4": "C4 sample", "ptb": "PTB",
                  "custom": "A file or dataset id…"}
@@ -39,11 +40,12 @@ def devices() -> list[str]:
     return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
 
 
-def budget_panel(spec: str, keep_ratio: float) -> BudgetPreview | None:
+def budget_panel(spec: str, keep_ratio: float, align: int = 1) -> BudgetPreview | None:
     found, error = cached_preview(spec)
     if error:
         st.error(error)
         return None
+    found = found.aligned(align)
     try:
         found.check(keep_ratio)
     except UserError as err:
@@ -61,12 +63,13 @@ def budget_panel(spec: str, keep_ratio: float) -> BudgetPreview | None:
     return found
 
 
-def lowest_keep_ratio(spec: str) -> float:
-    """The model's minimum keep ratio rounded up to the slider's step (the smallest step for a model whose
-    config cannot be read: the budget panel says why)."""
+def lowest_keep_ratio(spec: str, align: int = 1) -> float:
+    """The model's minimum keep ratio (at this FFN alignment) rounded up to the slider's step (the smallest
+    step for a model whose config cannot be read: the budget panel says why)."""
     found, _ = cached_preview(spec)
     if found is None:
         return STEP
+    found = found.aligned(align)
     steps = max(1, math.ceil(found.minimum_keep_ratio / STEP - 1e-9))
     if found.budget(steps * STEP) < found.minimum_params:
         steps += 1  # the float product rounded the budget below the minimum
@@ -89,12 +92,13 @@ def config_form() -> PruneConfig:
         model = st.text_input("Model", value=EMBEDDED_ALIAS, key="prune_model",
                               help=f"`{EMBEDDED_ALIAS}` (embedded, offline), a hub id (owner/name), a local model "
                                    "folder or a .gguf file").strip()
-        lowest = lowest_keep_ratio(model)
+        align = int(st.session_state.get("prune_align", 1))  # its widget is further down, in the advanced settings
+        lowest = lowest_keep_ratio(model, align)
         keep_ratio = st.slider("Keep ratio (fraction of prunable parameters kept)", lowest, MAX_KEEP,
                                step=STEP, key=keep_ratio_key(lowest),
                                help="1 would keep everything and prune nothing; the lowest value is the "
                                     "smallest this model allows (one FFN channel and one KV group per layer)")
-        budget_panel(model, keep_ratio)
+        budget_panel(model, keep_ratio, align)
         duration_slot = st.container()  # filled once every setting is read
     with right:
         choice = st.selectbox("Calibration data", list(CALIB_CHOICES), format_func=CALIB_CHOICES.get,
@@ -127,10 +131,14 @@ def config_form() -> PruneConfig:
                               help="grasprune trains gates; the others rank units by a one-shot criterion")
         variant = a2.selectbox("Gate-training variant", list(VARIANTS), list(VARIANTS).index(DEFAULT_VARIANT),
                                key="prune_variant", help="paper: the authors' exact procedure")
+        a2.selectbox("FFN channel alignment", ALIGNS, key="prune_align",
+                     format_func=lambda n: "off" if n == 1 else f"multiples of {n}",
+                     help="Each layer keeps a multiple of N FFN channels (widths that suit k-quants and GPU "
+                          "kernels), inside the same budget: `--align N`")
         trust_remote_code = a3.checkbox("Trust remote code", False, key="prune_trust_remote_code",
                                         help="Runs the model repository's own Python code. Only for repos you trust.")
         device_map = device_map_input(a1)
-    config = PruneConfig(model=model, method=method, variant=variant, trust_remote_code=trust_remote_code, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
+    config = PruneConfig(model=model, align=align, method=method, variant=variant, trust_remote_code=trust_remote_code, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
                        block_len=int(block_len), epochs=int(epochs), rescale_data=rescale_data,
                        rescale_samples=int(rescale_samples), seed=int(seed), device=device, dtype=dtype,
                        checkpoint_every=int(checkpoint_every), eval_datasets=list(eval_datasets),
@@ -160,7 +168,7 @@ def check(config: PruneConfig) -> None:
     found, error = cached_preview(config.model)
     if error:
         raise UserError(error)
-    found.check(config.keep_ratio)
+    found.aligned(config.align).check(config.keep_ratio)
     check_sources([config.calib_data, config.rescale_data], config.eval_datasets)
 
 

@@ -2,7 +2,9 @@
 run folder.
 
 ``checkpoint.tar`` holds the checkpoint as is; ``checkpoint-bf16.tar`` (``-fp16``, ``-fp32``) holds it
-converted to another precision (grasprune/convert.py, in a temporary folder beside it). An archive is
+converted to another precision (grasprune/convert.py, in a temporary folder beside it);
+``checkpoint-gguf-f16.tar`` (``-gguf-q8_0``, ...) the GGUF file and its Ollama Modelfile
+(grasprune/gguf_export.py). An archive is
 streamed to disk while its sha256 is computed, so a multi-GB checkpoint never sits in memory; a sidecar
 JSON records its size, hash and the checkpoint files it was made from, and a re-exported checkpoint gets
 fresh archives.
@@ -20,9 +22,12 @@ from pathlib import Path
 from .atomic import write_atomic, write_json_atomic
 from .convert import checkpoint_precision, convert_checkpoint, precision_dtype
 from .errors import UserError
+from .gguf_export import GGUF_TYPES, check_gguf_type, export_gguf
 from .runs import Run, run_in_root
 
 ARCHIVE_NAME = "checkpoint.tar"
+GGUF_PREFIX = "gguf-"
+GGUF_KEYS = tuple(GGUF_PREFIX + t for t in GGUF_TYPES)  # the archive "precisions" that hold a GGUF
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,9 @@ class _HashingWriter:
 def _target(run: Run, precision: str | None) -> tuple[Path, str, str | None]:
     """``(archive path, folder name inside it, precision to convert to)`` for ``precision``: the checkpoint
     as is when none is asked for or it is the checkpoint's own."""
+    if precision is not None and precision.startswith(GGUF_PREFIX):
+        check_gguf_type(precision.removeprefix(GGUF_PREFIX))  # only the known names reach a file name
+        return run.folder / f"checkpoint-{precision}.tar", f"grasprune-{run.id}-{precision}", precision
     if precision is not None:
         precision_dtype(precision)  # only the known names reach a file name
         if precision != checkpoint_precision(run.output_dir()):
@@ -99,6 +107,10 @@ def build_archive(run: Run, root: Path | None = None, precision: str | None = No
     files = _fingerprint(checkpoint)  # before converting: a checkpoint changed meanwhile makes it stale
     if convert_to is None:
         hashed = _write_tar(path, checkpoint, folder_name)
+    elif convert_to.startswith(GGUF_PREFIX):
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=run.folder) as tmp:
+            exported = export_gguf(checkpoint, Path(tmp) / folder_name, convert_to.removeprefix(GGUF_PREFIX))
+            hashed = _write_tar(path, exported.folder, folder_name)
     else:
         with tempfile.TemporaryDirectory(prefix=".export-", dir=run.folder) as tmp:
             hashed = _write_tar(path, convert_checkpoint(checkpoint, Path(tmp) / folder_name, convert_to),

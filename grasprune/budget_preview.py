@@ -6,19 +6,36 @@ on the loaded model (``ModelAdapter`` unit costs, tied embeddings counted once).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
 from .models import EMBEDDED_ALIAS, HUB_ID, embedded_gguf_path, is_pruned_folder
+from .units import layout_of, minimum_cost
 
 
 @dataclass(frozen=True)
 class BudgetPreview:
     total_params: int
     prunable_params: int
-    minimum_params: int  # one FFN channel and one KV group per layer
-    num_layers: int
+    ffn_widths: tuple[int, ...]  # per layer
+    ffn_costs: tuple[int, ...]  # parameters per FFN channel, per layer
+    kv_costs: tuple[int, ...]  # parameters per KV group, per layer
+    align: int = 1  # kept FFN channels per layer come in multiples of this (``--align``)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.ffn_widths)
+
+    @property
+    def minimum_params(self) -> int:
+        """One KV group and one FFN channel per layer (with ``align`` N: N channels, or the whole FFN)."""
+        return minimum_cost(list(self.ffn_widths), list(self.ffn_costs), list(self.kv_costs), self.align)
+
+    def aligned(self, align: int) -> BudgetPreview:
+        """The same model pruned with ``--align align``: its minimum grows to one chunk per layer."""
+        return dataclasses.replace(self, align=align)
 
     @property
     def minimum_keep_ratio(self) -> float:
@@ -33,14 +50,15 @@ class BudgetPreview:
         if not 0.0 < keep_ratio <= 1.0:
             raise UserError(f"keep ratio {keep_ratio} is outside (0, 1]: choose a keep ratio between 0 and 1")
         if self.minimum_params > self.budget(keep_ratio):
+            what = "one FFN channel" if self.align == 1 else f"a chunk of {self.align} FFN channels"
             raise UserError(
-                f"keep ratio {keep_ratio:g} is impossible for this model: keeping one FFN channel and one KV group "
+                f"keep ratio {keep_ratio:g} is impossible for this model: keeping {what} and one KV group "
                 f"per layer needs {self.minimum_params:,} parameters; raise it to at least "
-                f"{self.minimum_keep_ratio:.4f}"
+                f"{self.minimum_keep_ratio:.4f}" + ("" if self.align == 1 else " or lower the alignment")
             )
 
     def summary(self, keep_ratio: float) -> dict:
-        """At most this much is kept (the mask fills the budget up to one unit's cost)."""
+        """At most this much is kept (the mask fills the budget up to one unit's cost, or one chunk's)."""
         kept = self.budget(keep_ratio)
         removed = self.prunable_params - kept
         return {
@@ -83,24 +101,31 @@ def model_config(spec: str, trust_remote_code: bool = False):
         raise UserError(f"cannot read the config of model '{spec}' ({type(err).__name__})") from err
 
 
-def preview(spec: str, trust_remote_code: bool = False) -> BudgetPreview:
-    """Parameter counts of the model behind ``spec``."""
+def meta_model(spec: str, trust_remote_code: bool = False):
+    """The model behind ``spec`` built on the ``meta`` device: its shapes without its weights."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .adapters import ModelAdapter, family_of
-    from .units import layout_of
+    from .adapters import family_of
 
     config = model_config(spec, trust_remote_code)
     family_of(config)  # unsupported architectures fail here, with the pipeline's message
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def preview(spec: str, trust_remote_code: bool = False) -> BudgetPreview:
+    """Parameter counts of the model behind ``spec``."""
+    from .adapters import ModelAdapter
+
+    model = meta_model(spec, trust_remote_code)
     layout = layout_of(ModelAdapter(model))
     return BudgetPreview(
         total_params=sum(p.numel() for p in model.parameters()),
         prunable_params=layout.prunable_params,
-        minimum_params=layout.minimum_params(),
-        num_layers=layout.num_layers,
+        ffn_widths=tuple(s.ffn_channels for s in layout.shapes),
+        ffn_costs=tuple(layout.ffn_costs),
+        kv_costs=tuple(layout.kv_costs),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -13,6 +14,9 @@ from .allocator import keep_freed_memory
 from .config import CPU_DEFAULTS, DEFAULT_CALIB, DEFAULT_RESCALE, GPU_DEFAULTS, PruneConfig
 from .convert import DEFAULT_PRECISION, PRECISIONS
 from .errors import UserError
+from .gguf_export import DEFAULT_GGUF_TYPE, GGUF_TYPES
+
+EXPORT_FORMATS = ("safetensors", "gguf")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +39,9 @@ def add_prune_parser(sub) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--keep-ratio", type=_ratio, help="fraction of prunable parameters kept (default 0.7)")
     budget.add_argument("--ratio", type=_ratio, help="fraction of prunable parameters removed (1 - keep ratio)")
+    p.add_argument("--align", type=int, metavar="N", help="keep each layer's FFN channels in multiples of N "
+                   "(e.g. 32, 64, 256: widths that suit k-quants and GPU kernels) within the same budget; "
+                   "default 1 = off")
     p.add_argument("--method", default=None, help="importance criterion (default grasprune)")
     p.add_argument("--calib-data", help=f"calibration text (default {DEFAULT_CALIB})".replace("%", "%%"))
     p.add_argument("--calib-samples", type=int, help="calibration blocks")
@@ -94,7 +101,7 @@ def config_from_args(args) -> PruneConfig:
     config = PruneConfig.load(args.config) if args.config else PruneConfig()
     overrides = {
         name: getattr(args, name)
-        for name in ("model", "keep_ratio", "method", "calib_data", "calib_samples", "block_len", "epochs",
+        for name in ("model", "keep_ratio", "align", "method", "calib_data", "calib_samples", "block_len", "epochs",
                      "rescale_data", "rescale_samples", "rescale_epochs", "lr", "tau", "seed", "device", "dtype",
                      "variant", "score_init", "init_strength", "tau_end", "warmup", "distill", "distill_topk", "rescale_distill",
                      "rescale_lr",
@@ -255,10 +262,17 @@ def run_inspect(args) -> int:
 
 
 def add_export_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a pruned checkpoint as a new folder in another precision")
+    p = sub.add_parser("export", help="write a pruned checkpoint as a new folder in another precision or as GGUF")
     p.add_argument("dir", metavar="CHECKPOINT_DIR", help="a pruned checkpoint folder (with grasprune.json)")
-    p.add_argument("--dtype", choices=list(PRECISIONS), default=DEFAULT_PRECISION,
-                   help=f"precision of the floating weights (default {DEFAULT_PRECISION}; fp32 = full precision)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0],
+                   help="safetensors (default: a transformers folder) or gguf (a llama.cpp/Ollama file and an "
+                        "Ollama Modelfile, in the --out folder)")
+    p.add_argument("--dtype", choices=list(PRECISIONS),
+                   help=f"safetensors: precision of the floating weights (default {DEFAULT_PRECISION}; fp32 = "
+                        "full precision)")
+    p.add_argument("--type", dest="gguf_type", choices=GGUF_TYPES,
+                   help=f"gguf: tensor type (default {DEFAULT_GGUF_TYPE}; q4_k_m is quantized by llama.cpp, "
+                        "which llama-cpp-python provides)")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
@@ -267,12 +281,35 @@ def run_export(args) -> int:
     from .convert import checkpoint_precision, convert_checkpoint, folder_size
     from .models import weights_size
 
+    if args.format == "gguf":
+        return run_export_gguf(args)
+    if args.gguf_type is not None:
+        raise UserError("--type is for --format gguf: pass --dtype for a safetensors export")
+    args.dtype = args.dtype or DEFAULT_PRECISION
     out = convert_checkpoint(Path(args.dir), Path(args.out), args.dtype, overwrite=args.overwrite)
     source = Path(args.dir).expanduser().resolve()
     base = json.loads((out / "grasprune.json").read_text()).get("base_model")
     original = weights_size(base) if base else None
     print(f"wrote {out} ({args.dtype}): {_mb(folder_size(out))}; the checkpoint {_mb(folder_size(source))} "
           f"({checkpoint_precision(source)}); the original model {_mb(original)} ({base})")
+    return 0
+
+
+def run_export_gguf(args) -> int:
+    from .convert import folder_size
+    from .gguf_export import export_gguf
+
+    if args.dtype is not None:
+        raise UserError("--dtype is for --format safetensors: pass --type (f16, bf16, q8_0, q4_k_m, f32) for GGUF")
+    result = export_gguf(Path(args.dir), Path(args.out), args.gguf_type or DEFAULT_GGUF_TYPE, overwrite=args.overwrite)
+    source = Path(args.dir).expanduser().resolve()
+    types = ", ".join(f"{count} {name}" for name, count in sorted(result.tensor_types.items()))
+    print(f"wrote {result.gguf_file} ({result.gguf_type}: {_mb(result.size)}, tensors {types}) and "
+          f"{result.modelfile.name}; the checkpoint {_mb(folder_size(source))}")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"run it: llama-cli -m {shlex.quote(str(result.gguf_file))} -p 'Hello'  |  Ollama: cd "
+          f"{shlex.quote(str(result.folder))} && ollama create NAME -f Modelfile")
     return 0
 
 

@@ -52,6 +52,7 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate
 class PruneConfig:
     model: str = "smollm2-135m"
     keep_ratio: float = 0.7
+    align: int = 1  # each layer keeps a multiple of this many FFN channels (quantisation/kernel-friendly); 1 = off
     method: str = "grasprune"
     variant: str = DEFAULT_VARIANT
     score_init: str | None = None
@@ -112,6 +113,9 @@ class PruneConfig:
         if self.keep_ratio == 1:
             raise UserError("keep ratio 1 keeps every prunable parameter, so nothing would be pruned: pass "
                             "--keep-ratio below 1 (0.7 keeps 70%)")
+        if isinstance(self.align, bool) or not isinstance(self.align, int) or self.align < 1:
+            raise UserError(f"--align must be a whole number of FFN channels, at least 1 (1 = off; e.g. 32, 64 "
+                            f"or 256), got {_show(self.align)}")
         if not isinstance(self.model, str) or not self.model.strip():
             raise UserError("no model given: pass --model smollm2-135m, a hub id, a folder or a .gguf file")
         if self.method not in METHODS:

@@ -96,7 +96,7 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     adapter = ModelAdapter(model)
     layout = layout_of(adapter)
     budget = layout.budget(config.keep_ratio)
-    project(torch.zeros(layout.num_units), layout, budget)  # fails early on an impossible budget
+    project(torch.zeros(layout.num_units), layout, budget, config.align)  # fails early on an impossible budget
     calib = calibration_blocks(config.calib_data, tokenizer, config.calib_samples, config.block_len)
     rescale = (calibration_blocks(config.rescale_data, tokenizer, config.rescale_samples, config.block_len)
                if config.rescale_epochs > 0 else None)
@@ -108,7 +108,7 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     gates = Gates(adapter, layout)
     scores = _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, timing)
     ranking = gate_probs(scores.float().cpu(), config.tau) if config.method == "grasprune" else scores.float().cpu()
-    mask = project(ranking, layout, budget)
+    mask = project(ranking, layout, budget, config.align)
     write_atomic(run.scores_path, lambda tmp: save_file({"scores": scores.cpu(), "mask": mask}, str(tmp)))
     gamma = _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit, stop, timing)
     gates.remove()
@@ -125,6 +125,7 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
         "method": config.method,
         "keep_ratio": config.keep_ratio,
         "budget": budget,
+        "align": config.align,
         "params": parameter_report(layout, mask, total_before),
         "layers": layer_report(layout, mask),
         "mask": {"ffn": [m.nonzero().flatten().tolist() for m, _ in layout.split(mask)],
@@ -161,7 +162,7 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
                       checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
                       distill=config.distill, distill_topk=config.distill_topk,
                       batch_blocks=config.batch_blocks, teacher_cache_mb=_teacher_cache_mb(config),
-                      compile=config.compile)
+                      compile=config.compile, align=config.align)
     start = config.score_init != "zero" and not run.gates_checkpoint.is_file()  # a resumed run restores its scores
     teacher = teacher_for(loop, None, prefilled=start)  # made here so that the importance pass can fill it
     if start:

@@ -45,6 +45,7 @@ class LoopConfig:
     batch_blocks: int = 1  # blocks per step: the global batch, split across the ranks under torchrun
     teacher_cache_mb: int = 2048  # full distillation: keep the dense logits of up to this many MB of blocks
     compile: bool = False  # run the gated (student) passes through torch.compile; the teacher stays eager
+    align: int = 1  # the projection keeps FFN channels in multiples of this per layer (units.project)
 
     def tau_at(self, step: int, total: int) -> float:
         if self.tau_end is None or total <= 1:
@@ -78,10 +79,10 @@ def scores_from_importance(importance: torch.Tensor, layout: UnitLayout, tau: fl
     return scores
 
 
-def ste_factors(scores: torch.Tensor, layout: UnitLayout, budget: int, tau: float):
+def ste_factors(scores: torch.Tensor, layout: UnitLayout, budget: int, tau: float, align: int = 1):
     """``z = m + p - p.detach()``: the hard budget-feasible mask forward, sigmoid gradients backward."""
     probs = gate_probs(scores, tau)
-    mask = project(probs, layout, budget)
+    mask = project(probs, layout, budget, align)
     return mask + probs - probs.detach(), mask
 
 
@@ -319,7 +320,7 @@ def train_gates(
 
     def step(block, index):
         tau = cfg.tau_at(index, loop.total)
-        factors, mask = ste_factors(scores, layout, budget, tau)
+        factors, mask = ste_factors(scores, layout, budget, tau, cfg.align)
         gates.set(factors)
         loss = block_loss(student, block, gates, cfg.distill, teacher, dense=(model, gates))
         churn = 0 if previous[0] is None else int((mask != previous[0]).sum())

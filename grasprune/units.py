@@ -1,6 +1,9 @@
 """Prunable units, their exact parameter costs, the global budget and the budget projection.
 
 Units are laid out flat: for every layer, its FFN channels, then its KV groups. One score per unit.
+
+With ``align`` N > 1 (``--align``) the projection keeps each layer's FFN channels in multiples of N, so
+the checkpoint's widths suit quantisation blocks and GPU kernels: see ``project``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class UnitLayout:
         self.sizes = sizes  # [ffn_0, kv_0, ffn_1, kv_1, ...]: for torch.split of a flat vector
         self.group = self.layer * 2 + self.kind
         self.tie_order = _spread_tie_order(self)
+        self._chunk_layouts: dict[tuple[int, str], ChunkLayout] = {}  # (align, device): see chunk_layout
 
     @property
     def num_units(self) -> int:
@@ -59,9 +63,10 @@ class UnitLayout:
             raise UserError(f"keep ratio {keep_ratio} is outside (0, 1]: pass --keep-ratio between 0 and 1")
         return int(keep_ratio * self.prunable_params)
 
-    def minimum_params(self) -> int:
-        """Cost of the smallest mask allowed: one FFN channel and one KV group in every layer."""
-        return sum(self.ffn_costs) + sum(self.kv_costs)
+    def minimum_params(self, align: int = 1) -> int:
+        """Cost of the smallest mask allowed: one KV group and one FFN channel in every layer (with
+        ``align`` N, one chunk of N channels: the whole FFN where it is narrower)."""
+        return minimum_cost([s.ffn_channels for s in self.shapes], self.ffn_costs, self.kv_costs, align)
 
     def split(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer ``(ffn, kv)`` views of a flat per-unit vector."""
@@ -105,39 +110,158 @@ def _spread_tie_order(layout: UnitLayout) -> torch.Tensor:
     return torch.argsort(relative, stable=True)  # units are laid out by group, so equal positions stay in group order
 
 
+def minimum_cost(ffn_widths: list[int], ffn_costs: list[int], kv_costs: list[int], align: int = 1) -> int:
+    """Parameters of the smallest mask allowed: per layer one KV group and one chunk of ``align`` FFN
+    channels (the whole FFN where it is narrower)."""
+    return sum(min(align, w) * c for w, c in zip(ffn_widths, ffn_costs, strict=True)) + sum(kv_costs)
+
+
 def rank(probs: torch.Tensor, layout: UnitLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """The projection's ranking: unit ids by probability, highest first (ties broken by
     ``layout.tie_order``), and per unit whether it is its layer's best FFN channel or best KV group
     (the units ``project`` reserves)."""
     device = probs.device
-    tie = layout.tie_order.to(device)
-    order = tie[torch.sort(-probs.detach()[tie], stable=True).indices]
+    return _rank(probs.detach(), layout.tie_order.to(device), layout.group.to(device), 2 * layout.num_layers)
+
+
+def _rank(score: torch.Tensor, tie: torch.Tensor, group: torch.Tensor, num_groups: int):
+    """Item ids by score, highest first (ties in the order ``tie``), and per item whether it is the
+    first-ranked item of its group."""
+    order = tie[torch.sort(-score[tie], stable=True).indices]
     position = torch.empty_like(order)
-    position[order] = torch.arange(order.numel(), device=device)
-    group = layout.group.to(device)
-    best = torch.full((2 * layout.num_layers,), order.numel(), device=device, dtype=torch.long)
+    position[order] = torch.arange(order.numel(), device=score.device)
+    best = torch.full((num_groups,), order.numel(), device=score.device, dtype=torch.long)
     best = best.scatter_reduce(0, group, position, reduce="amin")
     return order, position == best[group]
 
 
-def project(probs: torch.Tensor, layout: UnitLayout, budget: int) -> torch.Tensor:
+def _keep_prefix(score, tie, group, cost, num_groups: int, room: int) -> torch.Tensor:
+    """Per item, whether it is kept: the first-ranked of every group (its cost reserved outside ``room``)
+    and the longest prefix of the ranking whose other items cost at most ``room``."""
+    order, forced = _rank(score, tie, group, num_groups)
+    ranked_cost = torch.where(forced[order], 0, cost[order])
+    fits = torch.cumsum(ranked_cost, 0) <= room
+    keep = torch.empty_like(fits)
+    keep[order] = fits | forced[order]
+    return keep
+
+
+def project(probs: torch.Tensor, layout: UnitLayout, budget: int, align: int = 1) -> torch.Tensor:
     """The hard, budget-feasible mask (float 0/1) for gate probabilities ``probs``.
 
     Every layer first gets its best FFN channel and best KV group (their cost reserved inside the
     budget); the other units, ranked by probability (ties broken by ``layout.tie_order``), are kept
     while the cumulative cost stays within what is left: the longest feasible prefix.
+
+    With ``align`` N > 1 the items are FFN chunks and KV groups (``project_aligned``): each layer keeps
+    a multiple of N FFN channels, at least N, or its whole width. ``align`` 1 is the projection above,
+    unchanged.
     """
-    reserved = layout.minimum_params()
+    if align < 1:
+        raise UserError(f"align must be a positive number of FFN channels (got {align}): pass --align 1 (off) "
+                        "or e.g. 64")
+    reserved = layout.minimum_params(align)
     if reserved > budget:
+        what = "one FFN channel" if align == 1 else f"a chunk of {align} FFN channels"
         raise UserError(
-            f"budget of {budget:,} parameters cannot keep one FFN channel and one KV group per layer "
+            f"budget of {budget:,} parameters cannot keep {what} and one KV group per layer "
             f"({reserved:,} needed): raise --keep-ratio to at least {reserved / layout.prunable_params:.4f}"
+            + ("" if align == 1 else " or lower --align")
         )
-    order, forced = rank(probs, layout)
-    cost = layout.cost.to(probs.device)
-    ranked_cost = torch.where(forced[order], 0, cost[order])
-    fits = torch.cumsum(ranked_cost, 0) <= budget - reserved
-    keep_ranked = fits | forced[order]
-    mask = torch.zeros_like(probs, dtype=torch.float32)
-    mask[order] = keep_ranked.to(torch.float32)
+    if align > 1:
+        return project_aligned(probs, layout, budget - reserved, align)
+    device = probs.device
+    keep = _keep_prefix(probs.detach(), layout.tie_order.to(device), layout.group.to(device),
+                        layout.cost.to(device), 2 * layout.num_layers, budget - reserved)
+    return keep.to(torch.float32)
+
+
+@dataclass
+class ChunkLayout:
+    """The aligned projection's items, fixed per layout and ``align`` N: every layer's FFN chunks, then
+    the KV units. Chunk c of a layer holds the channels the layer ranks c·N to c·N + N - 1 (the last
+    chunk the remainder where the width is not a multiple of N): which channels those are, each call's
+    probabilities decide. Per-layer tensors are padded to ``(layers, W)``, W a multiple of N."""
+
+    channel_unit: torch.Tensor  # (L, W): unit id of channel j of layer l (0 past the layer's width)
+    channel_valid: torch.Tensor  # (L, W): j is within the layer's width
+    channel_flat: torch.Tensor  # flat indices of the valid entries of (L, W)
+    chunk_size: torch.Tensor  # (L, W / N): channels in chunk c of layer l (0 past its last chunk)
+    chunk_flat: torch.Tensor  # flat indices of the real chunks in (L, W / N): the first items
+    kv_unit: torch.Tensor  # unit ids of the KV groups: the remaining items
+    cost: torch.Tensor  # per item, in parameters
+    group: torch.Tensor  # per item: 2 * layer for chunks, 2 * layer + 1 for KV groups
+    tie_order: torch.Tensor  # per item: the spread tie-break of ``_spread_tie_order``, over items
+
+    def to(self, device: torch.device | str) -> ChunkLayout:
+        return ChunkLayout(**{name: value.to(device) for name, value in self.__dict__.items()})
+
+
+def chunk_layout(layout: UnitLayout, align: int, device: torch.device | str = "cpu") -> ChunkLayout:
+    """``layout``'s chunks of ``align`` channels on ``device``, built once and kept on the layout."""
+    key = (align, str(device))
+    if key not in layout._chunk_layouts:
+        layout._chunk_layouts[key] = _build_chunk_layout(layout, align).to(device)
+    return layout._chunk_layouts[key]
+
+
+def _build_chunk_layout(layout: UnitLayout, align: int) -> ChunkLayout:
+    widths = torch.tensor([s.ffn_channels for s in layout.shapes])
+    starts = torch.cumsum(torch.tensor([0, *layout.sizes[:-1]]), 0)  # first unit of every group
+    chunks = -(-widths // align)  # per layer
+    width = int(chunks.max()) * align
+    columns = torch.arange(width)
+    channel_valid = columns < widths[:, None]
+    channel_unit = torch.where(channel_valid, starts[0::2, None] + columns, 0)
+    chunk_size = (widths[:, None] - torch.arange(width // align) * align).clamp(0, align)
+    chunk_flat = torch.nonzero(chunk_size.flatten() > 0).flatten()
+    chunk_layer, chunk_index = chunk_flat // (width // align), chunk_flat % (width // align)
+    kv_unit = torch.nonzero(layout.kind == KV).flatten()
+    kv_layer = layout.layer[kv_unit]
+    group = torch.cat([2 * chunk_layer, 2 * kv_layer + 1])
+    relative = torch.cat([chunk_index.double() / chunks[chunk_layer],
+                          layout.index[kv_unit].double() / torch.tensor(layout.sizes)[2 * kv_layer + 1]])
+    by_group = torch.argsort(group, stable=True)
+    ffn_cost = torch.tensor(layout.ffn_costs)
+    return ChunkLayout(
+        channel_unit=channel_unit,
+        channel_valid=channel_valid,
+        channel_flat=torch.nonzero(channel_valid.flatten()).flatten(),
+        chunk_size=chunk_size,
+        chunk_flat=chunk_flat,
+        kv_unit=kv_unit,
+        cost=torch.cat([chunk_size.flatten()[chunk_flat] * ffn_cost[chunk_layer], layout.cost[kv_unit]]),
+        group=group,
+        tie_order=by_group[torch.argsort(relative[by_group], stable=True)],
+    )
+
+
+def project_aligned(probs: torch.Tensor, layout: UnitLayout, room: int, align: int) -> torch.Tensor:
+    """The aligned mask, ``room`` being the budget left after the reserved minimum.
+
+    Each layer's channels are sorted by probability (ties by index) and cut into chunks of ``align``; a
+    chunk's score is its channels' mean probability, made non-increasing along the layer (``cummin``: in
+    exact arithmetic it already is; rounding must not let a later chunk overtake an earlier one), so a
+    layer's kept chunks are always its first ones. Chunks and KV groups then go through the unaligned
+    rule: every layer's first chunk and best KV group reserved, then the longest prefix of the ranking
+    that fits ``room``. The prefix stops at the first item that does not fit, so less than one item's
+    cost (a chunk's or a KV group's) of the budget is left unused, unless every item is kept.
+    Vectorised over all units (one sort per layer row, one global sort), deterministic for a device.
+    """
+    chunks = chunk_layout(layout, align, probs.device)
+    score = probs.detach()
+    layers = chunks.channel_unit.shape[0]
+    padded = score[chunks.channel_unit].masked_fill(~chunks.channel_valid, float("-inf"))
+    ranked, by_score = torch.sort(padded, dim=1, descending=True, stable=True)
+    sums = ranked.masked_fill(~chunks.channel_valid, 0).view(layers, -1, align).sum(2)
+    means = torch.cummin(sums / chunks.chunk_size.clamp(min=1), dim=1).values
+    items = torch.cat([means.flatten()[chunks.chunk_flat], score[chunks.kv_unit]])
+    keep = _keep_prefix(items, chunks.tie_order, chunks.group, chunks.cost, 2 * layers, room).to(torch.float32)
+    first = chunks.chunk_flat.numel()
+    chunk_keep = torch.zeros(means.numel(), device=score.device, dtype=torch.float32).index_copy_(0, chunks.chunk_flat, keep[:first])
+    channel_keep = chunk_keep.view(layers, -1).repeat_interleave(align, dim=1).flatten()[chunks.channel_flat]
+    units = torch.gather(chunks.channel_unit, 1, by_score).flatten()[chunks.channel_flat]
+    mask = torch.zeros(layout.num_units, device=score.device, dtype=torch.float32)
+    mask[units] = channel_keep
+    mask[chunks.kv_unit] = keep[first:]
     return mask

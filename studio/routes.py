@@ -1,7 +1,8 @@
 """The checkpoint download route: the archive streamed from disk (never read into memory).
 
 ``/grasprune-download/<run id>`` serves the checkpoint as is, ``?precision=bf16`` (``fp16``, ``fp32``) its
-archive in that precision; any other precision is refused (400).
+archive in that precision, ``?precision=gguf-f16`` (``gguf-q8_0``, ...) its GGUF export; any other
+precision is refused (400).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from grasprune.archive import served_archive
+from grasprune.archive import GGUF_KEYS, served_archive
 from grasprune.convert import PRECISIONS
 from grasprune.errors import UserError
 from grasprune.runs import runs_root
@@ -24,8 +25,9 @@ def download_url(run_id: str, precision: str | None = None) -> str:
 
 async def download(request: Request) -> Response:
     asked = request.query_params.getlist("precision")
-    if len(asked) > 1 or (asked and asked[0] not in PRECISIONS):
-        return PlainTextResponse(f"unknown precision {asked[-1][:20]!r}: ask for one of {', '.join(PRECISIONS)}",
+    known = (*PRECISIONS, *GGUF_KEYS)
+    if len(asked) > 1 or (asked and asked[0] not in known):
+        return PlainTextResponse(f"unknown precision {asked[-1][:20]!r}: ask for one of {', '.join(known)}",
                                  status_code=400)
     try:
         info = served_archive(runs_root(), request.path_params["run_id"], asked[0] if asked else None)

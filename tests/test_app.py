@@ -310,6 +310,38 @@ def test_export_page_fp32_serves_the_checkpoint_as_is(runs_dir, completed_run):
     assert download(run_id, "precision=bf16").status_code == 404  # not prepared
 
 
+def test_export_page_offers_gguf_with_its_modelfile_and_commands(runs_dir, completed_run):
+    import tarfile
+
+    from grasprune.gguf_export import gguf_file_name
+    from studio.common import size
+
+    run_id = with_run(runs_dir, completed_run)
+    checkpoint = runs_dir / run_id / "checkpoint"
+    at = app("app_pages/export.py", run_id)
+    at.radio(key="export_format").set_value("gguf").run()
+    assert errors(at) == []
+    assert at.radio(key="export_gguf_type").value == "f16"
+    at.radio(key="export_gguf_type").set_value("q8_0").run()
+    assert {m.label: m.value for m in at.metric}["GGUF (q8_0)"].startswith("≈ ")
+    command = next(c.value for c in at.code if c.value.startswith("grasprune export"))
+    assert command == f"grasprune export {checkpoint} --format gguf --type q8_0 --out {checkpoint}-gguf-q8_0"
+    at.button(key="export_gguf_prepare").click().run()
+    assert errors(at) == []
+    response = download(run_id, "precision=gguf-q8_0")
+    assert response.status_code == 200 and Path(response.path) == runs_dir / run_id / "checkpoint-gguf-q8_0.tar"
+    name = gguf_file_name(checkpoint, "q8_0")
+    with tarfile.open(response.path) as tar:
+        members = {m.name: m.size for m in tar.getmembers()}
+        modelfile = tar.extractfile(f"grasprune-{run_id}-gguf-q8_0/Modelfile").read().decode()
+    assert sorted(members) == [f"grasprune-{run_id}-gguf-q8_0/{n}" for n in ("Modelfile", name)]
+    shown = [c.value for c in at.code]
+    assert modelfile in shown and f"FROM ./{name}" in modelfile
+    assert any("ollama create" in c and f"llama-cli -m {name}" in c for c in shown)
+    assert {m.label: m.value for m in at.metric}["GGUF (q8_0)"] == size(Path(response.path).stat().st_size)
+    assert download(run_id, "precision=gguf-q3_k").status_code == 400
+
+
 def test_home_says_what_grasprune_does_and_links_the_flow_the_runs_and_the_cli(runs_dir, completed_run):
     run_id = with_run(runs_dir, completed_run)
     at = AppTest.from_file(APP, default_timeout=120).run()  # the studio opens on Home

@@ -31,6 +31,7 @@ texts = st.text(max_size=20) | st.text("ab \n\r\t'\"\\", max_size=8)
 VALID = {
     "model": st.text(min_size=1, max_size=30).filter(str.strip),
     "keep_ratio": st.floats(min_value=0.0, max_value=1.0, exclude_min=True, exclude_max=True, **finite),
+    "align": st.integers(1, 4096),
     "method": st.sampled_from(METHODS),
     "variant": st.sampled_from(list(VARIANTS)),
     "score_init": st.none() | st.sampled_from(SCORE_INITS),
@@ -70,6 +71,7 @@ VALID = {
 OUT_OF_RANGE = {
     "keep_ratio": st.floats(max_value=0.0) | st.floats(min_value=1.0)  # 1.0 prunes nothing: refused
     | st.sampled_from([math.nan, math.inf, -math.inf]) | st.integers(1, 10**400),
+    "align": st.integers(max_value=0),
     "method": texts.filter(lambda s: s not in METHODS),
     "variant": texts.filter(lambda s: s not in VARIANTS),
     "score_init": texts.filter(lambda s: s not in SCORE_INITS),
@@ -216,6 +218,7 @@ FLAGS = {
     "--model": st.text(max_size=12),
     "--keep-ratio": st.floats().map(repr) | st.text(max_size=6),
     "--ratio": st.floats().map(repr),
+    "--align": st.integers(-3, 300).map(str) | st.text(max_size=4),
     "--method": st.sampled_from(METHODS) | st.text(max_size=6),
     "--variant": st.sampled_from(list(VARIANTS)) | st.text(max_size=6),
     "--calib-samples": st.integers(-5, 10**6).map(str) | st.text(max_size=4),
