@@ -336,7 +336,7 @@ def test_export_page_offers_gguf_with_its_modelfile_and_commands(runs_dir, compl
         modelfile = tar.extractfile(f"grasprune-{run_id}-gguf-q8_0/Modelfile").read().decode()
     assert sorted(members) == [f"grasprune-{run_id}-gguf-q8_0/{n}" for n in ("Modelfile", name)]
     shown = [c.value for c in at.code]
-    assert modelfile in shown and f"FROM ./{name}" in modelfile
+    assert modelfile.rstrip("\n") in shown and f"FROM ./{name}" in modelfile
     assert any("ollama create" in c and f"llama-cli -m {name}" in c for c in shown)
     assert {m.label: m.value for m in at.metric}["GGUF (q8_0)"] == size(Path(response.path).stat().st_size)
     assert download(run_id, "precision=gguf-q3_k").status_code == 400
