@@ -14,9 +14,11 @@ from grasprune.config import (
     DEFAULT_RESCALE,
     DEFAULT_VARIANT,
     DEVICE_MAPS,
+    EXPERIMENTAL_VARIANTS,
     METHODS,
     VARIANTS,
     PruneConfig,
+    option_help,
 )
 from grasprune.data import check_sources
 from grasprune.errors import UserError
@@ -90,8 +92,7 @@ def config_form() -> PruneConfig:
     left, right = st.columns([3, 2])
     with left:
         model = st.text_input("Model", value=EMBEDDED_ALIAS, key="prune_model",
-                              help=f"`{EMBEDDED_ALIAS}` (embedded, offline), a hub id (owner/name), a local model "
-                                   "folder or a .gguf file").strip()
+                              help=option_help("model")).strip()
         align = int(st.session_state.get("prune_align", 1))  # its widget is further down, in the advanced settings
         lowest = lowest_keep_ratio(model, align)
         keep_ratio = st.slider("Keep ratio (fraction of prunable parameters kept)", lowest, MAX_KEEP,
@@ -122,21 +123,21 @@ def config_form() -> PruneConfig:
         eval_windows = a3.number_input("Eval windows", 1, 100_000, QUICK["eval_windows"], key="prune_eval_windows")
         eval_dense = a1.checkbox("Dense perplexity beside it", True, key="prune_eval_dense",
                                  help="Also measures the unpruned model at the same settings, once per model and "
-                                      "settings (then cached), so the pruned figure has a reference")
+                                      "settings (then cached), so the pruned figure has a reference: unchecked is "
+                                      "`--no-eval-dense`")
         rescale_data = a1.text_input("Scale-calibration data", DEFAULT_RESCALE, key="prune_rescale_data").strip()
         checkpoint_every = a2.number_input("Checkpoint every (steps)", 1, 100_000, QUICK["checkpoint_every"],
                                            key="prune_checkpoint_every")
         dtype = a3.selectbox("Backbone precision", ["auto", "bf16", "fp32"], key="prune_dtype")
-        method = a1.selectbox("Method", METHODS, key="prune_method",
-                              help="grasprune trains gates; the others rank units by a one-shot criterion")
-        variant = a2.selectbox("Gate-training variant", list(VARIANTS), list(VARIANTS).index(DEFAULT_VARIANT),
-                               key="prune_variant", help="paper: the authors' exact procedure")
+        method = a1.selectbox("Method", METHODS, key="prune_method", help=option_help("method"))
+        variants = [v for v in VARIANTS if v not in EXPERIMENTAL_VARIANTS]  # the CLI has the rest (--experimental)
+        variant = a2.selectbox("Gate-training variant", variants, variants.index(DEFAULT_VARIANT),
+                               key="prune_variant", help=option_help("variant"))
         a2.selectbox("FFN channel alignment", ALIGNS, key="prune_align",
                      format_func=lambda n: "off" if n == 1 else f"multiples of {n}",
-                     help="Each layer keeps a multiple of N FFN channels (widths that suit k-quants and GPU "
-                          "kernels), inside the same budget: `--align N`")
+                     help=option_help("align"))
         trust_remote_code = a3.checkbox("Trust remote code", False, key="prune_trust_remote_code",
-                                        help="Runs the model repository's own Python code. Only for repos you trust.")
+                                        help=option_help("trust_remote_code"))
         device_map = device_map_input(a1)
     config = PruneConfig(model=model, align=align, method=method, variant=variant, trust_remote_code=trust_remote_code, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
                        block_len=int(block_len), epochs=int(epochs), rescale_data=rescale_data,
@@ -153,7 +154,7 @@ def device_map_input(column) -> str | None:
     """accelerate's placement over several GPUs (CPU offload where they are full), or a JSON map file."""
     choices = ["one device", *DEVICE_MAPS, "JSON file…"]
     choice = column.selectbox("Device map", choices, key="prune_device_map",
-                              help="Spread the model's layers over the GPUs (and CPU RAM when they are full)")
+                              help=option_help("device_map"))
     if choice == "JSON file…":
         return column.text_input("Device map file", key="prune_device_map_file",
                                  placeholder="/path/to/map.json").strip() or None

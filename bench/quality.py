@@ -28,7 +28,7 @@ import torch
 
 from grasprune.allocator import keep_freed_memory
 from grasprune.atomic import write_json_atomic, write_text_atomic
-from grasprune.config import DEFAULT_VARIANT, METHODS, VARIANTS, PruneConfig
+from grasprune.config import DEFAULT_VARIANT, EXPERIMENTAL_VARIANTS, METHODS, VARIANTS, PruneConfig
 from grasprune.evaluate import perplexity
 from grasprune.models import load_model
 from grasprune.pipeline import count_parameters, prune_run
@@ -99,8 +99,16 @@ def planned(args: argparse.Namespace) -> list[dict]:
                 if method != "grasprune":  # the variant matters only to the scale calibration
                     grid.append({**entry, "variant": BASELINE_SCALES_VARIANT} if rescale else entry)
                     continue
-                grid += [{**entry, "variant": variant} for variant in dict.fromkeys(variants)]
+                grid += [{**entry, "variant": variant, **projection_identity(variant)}
+                         for variant in dict.fromkeys(variants)]
     return grid
+
+
+def projection_identity(variant: str) -> dict:
+    """The projection rule in an entry's identity where it is not ours (spread ties, minimum inside the
+    budget): ``paper``'s rows measured before it took the authors' rule stay apart from the new ones."""
+    rule = {name: VARIANTS[variant][name] for name in ("tie_break", "layer_minimum")}
+    return {} if rule == {"tie_break": "spread", "layer_minimum": "inside"} else rule
 
 
 def label(settings: dict) -> str:
@@ -130,6 +138,7 @@ def pruned_entry(settings: dict, args: argparse.Namespace) -> dict:
         block_len=settings["block_len"], epochs=settings["epochs"], rescale_data=settings["rescale_data"],
         rescale_samples=settings["rescale_samples"], rescale_epochs=settings["rescale_epochs"],
         variant=settings.get("variant", DEFAULT_VARIANT),
+        experimental=settings.get("variant") in EXPERIMENTAL_VARIANTS,  # the grid may compare those too
         seed=settings["seed"], device="cpu", dtype=settings["dtype"], eval_datasets=settings["datasets"],
         eval_seqlen=settings["seqlen"], eval_windows=settings["windows"],
         eval_dense=False,  # the grid's own dense entry measures it, timed on its own row

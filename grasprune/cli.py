@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import signal
@@ -11,7 +12,8 @@ import threading
 from pathlib import Path
 
 from .allocator import keep_freed_memory
-from .config import CPU_DEFAULTS, DEFAULT_CALIB, DEFAULT_RESCALE, GPU_DEFAULTS, PruneConfig
+from .cli_options import add_config_options, config_overrides, number
+from .config import CPU_DEFAULTS, GPU_DEFAULTS, PruneConfig
 from .convert import DEFAULT_PRECISION, PRECISIONS
 from .errors import UserError
 from .gguf_export import DEFAULT_GGUF_TYPE, GGUF_TYPES
@@ -26,98 +28,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _ratio(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-
-
 def add_prune_parser(sub) -> None:
     p = sub.add_parser("prune", help="prune a model under a global parameter budget")
-    p.add_argument("--model", help="smollm2-135m, a hub id, a local folder or a .gguf file")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--keep-ratio", type=_ratio, help="fraction of prunable parameters kept (default 0.7)")
-    budget.add_argument("--ratio", type=_ratio, help="fraction of prunable parameters removed (1 - keep ratio)")
-    p.add_argument("--align", type=int, metavar="N", help="keep each layer's FFN channels in multiples of N "
-                   "(e.g. 32, 64, 256: widths that suit k-quants and GPU kernels) within the same budget; "
-                   "default 1 = off")
-    p.add_argument("--method", default=None, help="importance criterion (default grasprune)")
-    p.add_argument("--calib-data", help=f"calibration text (default {DEFAULT_CALIB})".replace("%", "%%"))
-    p.add_argument("--calib-samples", type=int, help="calibration blocks")
-    p.add_argument("--block-len", type=int, help="tokens per block")
-    p.add_argument("--epochs", type=int, help="gate-training epochs")
-    p.add_argument("--rescale-data", help=f"held-out text for scale calibration (default {DEFAULT_RESCALE})"
-                   .replace("%", "%%"))  # argparse %-formats help
-    p.add_argument("--rescale-samples", type=int, help="scale-calibration blocks")
-    p.add_argument("--rescale-epochs", type=int, help="scale-calibration epochs (0 skips it)")
-    p.add_argument("--variant", help="gate-training variant: guided (default), distill, paper (the exact "
-                                     "procedure) or importance")
-    p.add_argument("--score-init", help="initial gate scores: zero (paper) or a one-shot importance")
-    p.add_argument("--init-strength", type=float, help="scale of an importance start's initial logits "
-                                                      "(default 1; smaller = a weaker prior)")
-    p.add_argument("--tau-end", type=float, help="anneal the gate temperature linearly to this value")
-    p.add_argument("--warmup", type=float, help="fraction of steps with a linear learning-rate warm-up")
-    p.add_argument("--distill", type=float, help="weight of a KL loss to the dense model (0 = LM loss only)")
-    p.add_argument("--distill-topk", type=int, help="distil to the dense model's cached top-k tokens (0 = the "
-                                                  "full distribution: a dense forward per block, kept up to "
-                                                  "--teacher-cache-mb)")
-    p.add_argument("--rescale-distill", type=float, help="KL weight in scale calibration (default: --distill)")
-    p.add_argument("--teacher-cache-mb", type=int, help="full distillation: host memory for the dense model's "
-                                                      "logits, reused in later epochs (default 2048; 0 = none)")
-    p.add_argument("--lr", type=float, help="gate learning rate")
-    p.add_argument("--rescale-lr", type=float, help="scale-calibration learning rate (default 1e-2)")
-    p.add_argument("--tau", type=float, help="gate temperature")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu, cuda or auto (default)")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="frozen backbone precision (default auto)")
-    p.add_argument("--checkpoint-every", type=int, help="gate checkpoint interval in steps")
-    p.add_argument("--device-map", help="spread the model over devices (accelerate): auto, balanced or a "
-                                        "JSON file {module: device}; CPU/disk offload where GPUs are full")
-    p.add_argument("--fsdp", action="store_true", default=None,
-                   help="under torchrun: shard the frozen model over the processes (FSDP)")
-    p.add_argument("--batch-blocks", type=int, help="calibration blocks per step (default 1), split over "
-                                                   "torchrun's processes")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the gated training passes: each phase's first step compiles (about 2 "
-                        "min on 2 CPU cores, seconds once cached), later steps run 1.2-1.4x faster: for long "
-                        "runs (about 1,000 steps and up)")
-    p.add_argument("--eval", dest="eval_datasets", help="comma-separated ppl datasets after export, or 'none'")
-    p.add_argument("--eval-seqlen", type=int)
-    p.add_argument("--eval-windows", type=int)
-    p.add_argument("--no-eval-dense", dest="eval_dense", action="store_false", default=None,
-                   help="skip the dense model's perplexity beside the pruned one's (measured once per model "
-                        "and settings, then cached)")
-    p.add_argument("--trust-remote-code", action="store_true", default=None)
-    p.add_argument("--allow-pickle", action="store_true", default=None, help="accept pickled .bin weights")
-    p.add_argument("--config", help="JSON file of settings (flags override it)")
-    p.add_argument("--out", help="checkpoint folder (default: <run folder>/checkpoint)")
-    p.add_argument("--runs-dir", help="where run folders go (default $GRASPRUNE_RUNS or ./runs)")
-    p.add_argument("--resume", metavar="RUN", help="resume a run folder or run id from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    ratio = {"keep_ratio": [("--ratio", {"type": number(float), "dest": "ratio", "default": None,
+                                        "help": "fraction of prunable parameters removed (1 - keep ratio)"})]}
+    add_config_options(p, ratio)
+    run = p.add_argument_group("run")
+    run.add_argument("--config", help="JSON file of settings (flags override it)")
+    run.add_argument("--out", help="checkpoint folder (default: <run folder>/checkpoint)")
+    run.add_argument("--runs-dir", help="where run folders go (default $GRASPRUNE_RUNS or ./runs)")
+    run.add_argument("--resume", metavar="RUN", help="resume a run folder or run id from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
 def config_from_args(args) -> PruneConfig:
     config = PruneConfig.load(args.config) if args.config else PruneConfig()
-    overrides = {
-        name: getattr(args, name)
-        for name in ("model", "keep_ratio", "align", "method", "calib_data", "calib_samples", "block_len", "epochs",
-                     "rescale_data", "rescale_samples", "rescale_epochs", "lr", "tau", "seed", "device", "dtype",
-                     "variant", "score_init", "init_strength", "tau_end", "warmup", "distill", "distill_topk", "rescale_distill",
-                     "rescale_lr",
-                     "checkpoint_every", "eval_seqlen", "eval_windows", "eval_dense", "trust_remote_code",
-                     "allow_pickle",
-                     "device_map", "fsdp", "batch_blocks", "teacher_cache_mb", "compile")
-        if getattr(args, name) is not None
-    }
+    overrides = config_overrides(args)
     if args.ratio is not None:
         overrides["keep_ratio"] = round(1.0 - args.ratio, 10)
-    if args.eval_datasets is not None:
-        names = [d for d in args.eval_datasets.split(",") if d and d != "none"]
-        overrides["eval_datasets"] = names
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+    return dataclasses.replace(config, **overrides)
 
 
 def run_prune(args) -> int:
@@ -186,6 +115,10 @@ def print_summary(report: dict, run) -> None:
           f"removed {params['removed_pct_of_prunable']:.2f}% of prunable, "
           f"{params['removed_pct_of_total']:.2f}% of all parameters "
           f"({params['total_before']:,} -> {params['total_after']:,})")
+    over = params["prunable_after"] - report.get("budget", params["prunable_after"])
+    if over > 0:
+        print(f"note: {over:,} parameters over the budget of {report['budget']:,}: --layer-minimum after (the "
+              "authors' rule, used by --variant paper) adds each layer's minimum after the budget")
     for metric in report["metrics"].values():
         print(perplexity_line(metric))
     warning = quality_warning(report)

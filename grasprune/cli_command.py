@@ -6,21 +6,16 @@ import dataclasses
 import shlex
 from pathlib import Path
 
+from .cli_options import flag_of, negated
 from .config import PruneConfig
 
 # The settings a user picks on the Prune page are always written; any other only when not default.
 ALWAYS = ("model", "keep_ratio", "calib_data", "calib_samples", "block_len", "epochs", "rescale_samples", "seed",
           "device")
-FLAGS = {"eval_datasets": "--eval"}  # config fields whose flag is not the field name
-NEGATED = {"eval_dense": "--no-eval-dense"}  # switches on by default: their flag turns them off
 
 
-def _flag(name: str) -> str:
-    return FLAGS.get(name, "--" + name.replace("_", "-"))
-
-
-def _value(name: str, value) -> str:
-    if name == "eval_datasets":
+def _value(value) -> str:
+    if isinstance(value, list):
         return ",".join(value) or "none"
     return str(value)
 
@@ -34,10 +29,10 @@ def prune_command(config: PruneConfig, out: Path | None = None) -> str:
         if value is None or (name not in ALWAYS and value == getattr(default, name)):
             continue
         if isinstance(value, bool):
-            if value != (name in NEGATED):  # shown where it differs from what leaving the flag out gives
-                args.append(NEGATED.get(name) or _flag(name))
+            if value != negated(field):  # shown where it differs from what leaving the flag out gives
+                args.append(flag_of(field))
             continue
-        args += [_flag(name), _value(name, value)]
+        args += [flag_of(field), _value(value)]
     if out is not None:
         args += ["--out", str(out)]
     return shlex.join(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .units import LAYER_MINIMUMS, TIE_BREAKS
 
 DEFAULT_CALIB = "wikitext2#lines=0:50%"
 DEFAULT_RESCALE = "wikitext2#lines=50%:100%"
@@ -22,24 +24,28 @@ SCORE_INITS = ("zero", "random", "magnitude", "wanda-sp", "flap", "taylor")
 # keeps them on disk
 WEIGHT_FREE_INITS = ("zero", "random")
 
-# Gate-training variants (issue 7): "paper" is the authors' procedure exactly; the others change the
-# options below, each of which can also be set on its own (an explicit setting wins over the variant).
-# Measured on SmolLM2-135M with the engine issue's protocol: see the README's ablation table.
+# Gate-training variants: "paper" is the authors' procedure exactly (their tie-break and their per-layer
+# minimum after the budget); the others use our two projection decisions and change the options below,
+# each of which can also be set on its own (an explicit setting wins over the variant). The ablation
+# behind them: docs/variants.md.
+OURS = {"tie_break": "spread", "layer_minimum": "inside"}
+PLAIN = {"tau_end": None, "warmup": 0.0, "distill_topk": 0}
 VARIANTS = {
-    "paper": {"score_init": "zero", "init_strength": 1.0, "lr": 1e-2, "tau_end": None, "warmup": 0.0, "distill": 0.0,
-              "distill_topk": 0},
+    "paper": {"score_init": "zero", "init_strength": 1.0, "lr": 1e-2, "distill": 0.0, **PLAIN,
+              "tie_break": "index", "layer_minimum": "after"},
     # the paper's procedure with half of the loss a KL divergence to the dense model (one extra forward)
-    "distill": {"score_init": "zero", "init_strength": 1.0, "lr": 1e-2, "tau_end": None, "warmup": 0.0, "distill": 0.5,
-                "distill_topk": 0},
+    "distill": {"score_init": "zero", "init_strength": 1.0, "lr": 1e-2, "distill": 0.5, **PLAIN, **OURS},
     # distill, with the scores starting from Wanda-sp's per-layer ranking scaled down to a weak prior
     # (probabilities 0.47-0.53): it breaks the ties that index order would, and the learned gates still
-    # move units between layers (at strength 0.1 they no longer do enough at keep 0.5: README ablation)
-    "guided": {"score_init": "wanda-sp", "init_strength": 0.03, "lr": 1e-2, "tau_end": None, "warmup": 0.0,
-               "distill": 0.5, "distill_topk": 0},
-    # scores start from Wanda-sp's per-layer ranking, a larger lr and an annealed temperature
-    "importance": {"score_init": "wanda-sp", "init_strength": 1.0, "lr": 5e-2, "tau_end": 0.5, "warmup": 0.0, "distill": 0.0,
-                   "distill_topk": 0},
+    # move units between layers (at strength 0.1 they no longer do enough at keep 0.5)
+    "guided": {"score_init": "wanda-sp", "init_strength": 0.03, "lr": 1e-2, "distill": 0.5, **PLAIN, **OURS},
+    # scores start from Wanda-sp's per-layer ranking, a larger lr and an annealed temperature: good at
+    # keep 0.7, bad at 0.5 (the start's per-layer-uniform cut is not undone), so experimental
+    "importance": {"score_init": "wanda-sp", "init_strength": 1.0, "lr": 5e-2, "distill": 0.0, **PLAIN,
+                   "tau_end": 0.5, **OURS},
 }
+VARIANT_NAMES = tuple(VARIANTS)
+EXPERIMENTAL_VARIANTS = ("importance",)
 DEFAULT_VARIANT = "guided"
 
 # Paper settings on a GPU; a CPU-sized protocol that finishes in minutes otherwise.
@@ -48,45 +54,101 @@ CPU_DEFAULTS = {"calib_samples": 64, "block_len": 256, "epochs": 2, "rescale_sam
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
 
+def option(default: Any = None, help: str = "", *, group: str = "training", flag: str | None = None,
+           metavar: str | None = None, choices: tuple[str, ...] | None = None, experimental: bool = False,
+           factory: Callable[[], Any] | None = None) -> Any:
+    """A prune option: its default and everything a user interface says about it.
+
+    The CLI parser (``cli_options``), the equivalent command the studio shows (``cli_command``) and the
+    studio form's help texts (``option_help``) are all derived from these fields: an option is defined
+    here once. ``flag`` defaults to the field name with dashes; ``help`` says what the option does
+    (argparse appends nothing: write the default where it is not obvious)."""
+    metadata = {"help": help, "group": group, "flag": flag, "metavar": metavar, "choices": choices,
+                "experimental": experimental}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class PruneConfig:
-    model: str = "smollm2-135m"
-    keep_ratio: float = 0.7
-    align: int = 1  # each layer keeps a multiple of this many FFN channels (quantisation/kernel-friendly); 1 = off
-    method: str = "grasprune"
-    variant: str = DEFAULT_VARIANT
-    score_init: str | None = None
-    init_strength: float | None = None  # multiplies the importance start's logits: < 1 is a weaker prior
-    tau_end: float | None = None
-    warmup: float | None = None
-    distill: float | None = None
-    distill_topk: int | None = None
-    rescale_distill: float | None = None
-    calib_data: str = DEFAULT_CALIB
-    calib_samples: int | None = None
-    block_len: int | None = None
-    epochs: int | None = None
-    rescale_data: str = DEFAULT_RESCALE
-    rescale_samples: int | None = None
-    rescale_epochs: int = 1
-    lr: float | None = None
-    rescale_lr: float = 1e-2
-    tau: float = 1.5
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    checkpoint_every: int = 16
-    eval_datasets: list[str] = field(default_factory=lambda: ["wikitext2"])
-    eval_seqlen: int = 512
-    eval_windows: int | None = 64
-    eval_dense: bool = True  # the base model's perplexity beside the pruned one's (cached per model and settings)
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    device_map: str | None = None  # accelerate's big-model placement: a DEVICE_MAPS name or a JSON file
-    fsdp: bool = False  # shard the frozen backbone across the torchrun ranks (FSDP2)
-    batch_blocks: int = 1  # calibration blocks per step: the global batch, split across the ranks
-    teacher_cache_mb: int = 2048  # full distillation over epochs > 1: dense logits kept in host memory
-    compile: bool = False  # torch.compile the gated training passes: pays off on long runs only
+    model: str = option("smollm2-135m", "smollm2-135m (embedded, offline), a hub id, a local folder or a .gguf "
+                        "file", group="model and budget")
+    keep_ratio: float = option(0.7, "fraction of the prunable parameters kept (0.7 keeps 70%)",
+                               group="model and budget")
+    align: int = option(1, "keep each layer's FFN channels in multiples of N (32, 64, 256: widths that suit "
+                        "k-quants and GPU kernels) within the same budget; 1 = off", group="model and budget",
+                        metavar="N")
+    method: str = option("grasprune", "grasprune trains gates; the others rank units by a one-shot criterion",
+                         group="model and budget", choices=METHODS)
+    variant: str = option(DEFAULT_VARIANT, "gate-training variant: guided (default, the best measured), distill, "
+                          "paper (the authors' procedure exactly) or importance (experimental)", choices=VARIANT_NAMES)
+    score_init: str | None = option(None, "initial gate scores: zero (tied, as the paper) or a one-shot importance "
+                                    "(default: from --variant)", choices=SCORE_INITS)
+    init_strength: float | None = option(None, "multiplies an importance start's logits: 1 starts from "
+                                         "probabilities 0.02-0.98, smaller is a weaker prior (default: from "
+                                         "--variant)")
+    tie_break: str | None = option(None, "order of units with equal gate probability in the projection: spread "
+                                   "(interleaved across layers by position) or index (unit order, the authors'); "
+                                   "default: from --variant", choices=TIE_BREAKS)
+    layer_minimum: str | None = option(None, "each layer's minimum (one FFN channel, one KV group): inside the "
+                                       "budget (always met) or after it (the authors' rule, may exceed it); "
+                                       "default: from --variant", choices=LAYER_MINIMUMS)
+    tau_end: float | None = option(None, "anneal the gate temperature linearly to this value", group="experimental", experimental=True)
+    warmup: float | None = option(None, "fraction of the steps with a linear learning-rate warm-up",
+                                  group="experimental", experimental=True)
+    distill: float | None = option(None, "weight of a KL loss to the dense model (0 = LM loss only; default: "
+                                   "from --variant)")
+    distill_topk: int | None = option(None, "distil to the dense model's cached top-k tokens (0 = the full "
+                                      "distribution)", group="experimental", experimental=True)
+    rescale_distill: float | None = option(None, "KL weight in scale calibration (default: --distill)",
+                                           group="scale calibration")
+    calib_data: str = option(DEFAULT_CALIB, "calibration text: wikitext2, c4, ptb, a file or a dataset id, "
+                             "optionally with #lines=A:B", group="calibration")
+    calib_samples: int | None = option(None, "calibration blocks (default 64 on a CPU, 512 on a GPU)",
+                                       group="calibration")
+    block_len: int | None = option(None, "tokens per block (default 256 on a CPU, 512 on a GPU)",
+                                   group="calibration")
+    epochs: int | None = option(None, "gate-training epochs (default 2 on a CPU, 4 on a GPU)")
+    rescale_data: str = option(DEFAULT_RESCALE, "held-out text for scale calibration", group="scale calibration")
+    rescale_samples: int | None = option(None, "scale-calibration blocks (default 64 on a CPU, 128 on a GPU)",
+                                         group="scale calibration")
+    rescale_epochs: int = option(1, "scale-calibration epochs (0 skips it: the published one-shot form of a "
+                                 "baseline)", group="scale calibration")
+    lr: float | None = option(None, "gate learning rate (default: from --variant)")
+    rescale_lr: float = option(1e-2, "scale-calibration learning rate", group="scale calibration")
+    tau: float = option(1.5, "gate temperature: p = sigmoid(score / tau)")
+    seed: int = option(0, "seed of the data order (and of a random start)")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto", group="placement and speed")
+    dtype: str = option("auto", "frozen backbone precision (auto: bf16 where the hardware has bf16 matrix "
+                        "units, else fp32)", group="placement and speed", choices=DTYPES)
+    checkpoint_every: int = option(16, "gate checkpoint interval in steps (a stopped run resumes from the last)",
+                                   group="placement and speed")
+    eval_datasets: list[str] = option(  # noqa: RUF009 - option() is field(default_factory=...)
+        help="perplexity datasets after export, comma-separated (wikitext2, ptb, c4 or files), or none",
+        group="evaluation", flag="--eval", factory=lambda: ["wikitext2"])
+    eval_seqlen: int = option(512, "tokens per perplexity window", group="evaluation")
+    eval_windows: int | None = option(64, "perplexity windows per dataset", group="evaluation")
+    eval_dense: bool = option(True, "skip the dense model's perplexity beside the pruned one's (measured once "
+                              "per model and settings, then cached)", group="evaluation", flag="--no-eval-dense")
+    trust_remote_code: bool = option(False, "run the model repository's own Python code (only for repositories "
+                                     "you trust)", group="security")
+    allow_pickle: bool = option(False, "accept pickled .bin weights (they can run code when loaded)",
+                                group="security")
+    device_map: str | None = option(None, "spread the model over devices (accelerate): auto, balanced, "
+                                    "balanced_low_0, sequential or a JSON file {module: device}",
+                                    group="placement and speed")
+    fsdp: bool = option(False, "under torchrun: shard the frozen model over the processes (FSDP2)",
+                        group="placement and speed")
+    batch_blocks: int = option(1, "calibration blocks per step, split over torchrun's processes",
+                               group="placement and speed")
+    teacher_cache_mb: int = option(2048, "full distillation: host memory for the dense model's logits, reused "
+                                   "in later epochs (0 = none)", group="placement and speed")
+    compile: bool = option(False, "torch.compile the gated training passes: each phase's first step compiles "
+                           "(minutes on a CPU), later steps run 1.2-1.4x faster: for runs of about 1,000 "
+                           "steps and up", group="placement and speed")
+    experimental: bool = option(False, "allow the options and variants the ablation found never help "
+                                "(--tau-end, --warmup, --distill-topk, --variant importance)", group="experimental")
 
     def resolved(self) -> PruneConfig:
         """A copy with the device, dtype and size defaults filled in, validated."""
@@ -104,7 +166,22 @@ class PruneConfig:
             filled["rescale_distill"] = filled.get("distill", self.distill)
         config = dataclasses.replace(self, device=device, dtype=resolve_dtype_name(self.dtype, device), **filled)
         config.validate()
+        self.check_experimental()
         return config
+
+    def check_experimental(self) -> None:
+        """The options the ablation found never help are refused without ``experimental``. A value equal to
+        what every plain variant uses (no annealing, no warm-up, full distillation) counts as unset, so a
+        resolved config can be loaded again."""
+        if self.experimental:
+            return
+        used = [f"--{name.replace('_', '-')}" for name in experimental_options()
+                if getattr(self, name) is not None and getattr(self, name) != PLAIN.get(name)]
+        if self.variant in EXPERIMENTAL_VARIANTS:
+            used.append(f"--variant {self.variant}")
+        if used:
+            raise UserError(f"{', '.join(used)} {'is' if len(used) == 1 else 'are'} experimental (the ablation found "
+                            "no gain, docs/variants.md): add --experimental to use it, or drop it")
 
     def validate(self) -> None:
         if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
@@ -157,6 +234,10 @@ class PruneConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
+        for name, choices in (("tie_break", TIE_BREAKS), ("layer_minimum", LAYER_MINIMUMS)):
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise UserError(f"unknown --{name.replace('_', '-')} {_show(value)}: choose one of {', '.join(choices)}")
         if self.score_init is not None and self.score_init not in SCORE_INITS:
             raise UserError(f"unknown --score-init {_show(self.score_init)}: choose one of {', '.join(SCORE_INITS)}")
         if self.warmup is not None and not 0 <= self.warmup < 1:
@@ -194,6 +275,17 @@ class PruneConfig:
             raise UserError(f"config {path} is not valid JSON ({why}): fix or regenerate it") from err
         except OSError as err:
             raise UserError(f"cannot read config {path}: {err.strerror}") from err
+
+
+def experimental_options() -> list[str]:
+    """The fields behind ``--experimental``."""
+    return [f.name for f in dataclasses.fields(PruneConfig) if f.metadata.get("experimental")]
+
+
+def option_help(name: str) -> str:
+    """What the option does, as the CLI's --help says it (the studio form's help texts)."""
+    text = PruneConfig.__dataclass_fields__[name].metadata["help"]
+    return text[:1].upper() + text[1:]
 
 
 _TYPES = {

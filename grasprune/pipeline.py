@@ -96,7 +96,8 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     adapter = ModelAdapter(model)
     layout = layout_of(adapter)
     budget = layout.budget(config.keep_ratio)
-    project(torch.zeros(layout.num_units), layout, budget, config.align)  # fails early on an impossible budget
+    rule = projection_rule(config)
+    project(torch.zeros(layout.num_units), layout, budget, **rule)  # fails early on an impossible budget
     calib = calibration_blocks(config.calib_data, tokenizer, config.calib_samples, config.block_len)
     rescale = (calibration_blocks(config.rescale_data, tokenizer, config.rescale_samples, config.block_len)
                if config.rescale_epochs > 0 else None)
@@ -108,7 +109,7 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     gates = Gates(adapter, layout)
     scores = _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, timing)
     ranking = gate_probs(scores.float().cpu(), config.tau) if config.method == "grasprune" else scores.float().cpu()
-    mask = project(ranking, layout, budget, config.align)
+    mask = project(ranking, layout, budget, **rule)
     write_atomic(run.scores_path, lambda tmp: save_file({"scores": scores.cpu(), "mask": mask}, str(tmp)))
     gamma = _scale_phase(config, run, model, gates, layout, mask, rescale, adapter, emit, stop, timing)
     gates.remove()
@@ -126,6 +127,8 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
         "keep_ratio": config.keep_ratio,
         "budget": budget,
         "align": config.align,
+        "tie_break": config.tie_break,
+        "layer_minimum": config.layer_minimum,
         "params": parameter_report(layout, mask, total_before),
         "layers": layer_report(layout, mask),
         "mask": {"ffn": [m.nonzero().flatten().tolist() for m, _ in layout.split(mask)],
@@ -148,6 +151,11 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     return report
 
 
+def projection_rule(config: PruneConfig) -> dict:
+    """``units.project``'s options as the (resolved) config sets them."""
+    return {"align": config.align, "tie_break": config.tie_break, "layer_minimum": config.layer_minimum}
+
+
 def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, timing) -> torch.Tensor:
     """Scores whose projection is the mask: learned gates, or a baseline's one-shot importance."""
     if run.scores_path.is_file():
@@ -162,7 +170,7 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
                       checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
                       distill=config.distill, distill_topk=config.distill_topk,
                       batch_blocks=config.batch_blocks, teacher_cache_mb=_teacher_cache_mb(config),
-                      compile=config.compile, align=config.align)
+                      compile=config.compile, **projection_rule(config))
     start = config.score_init != "zero" and not run.gates_checkpoint.is_file()  # a resumed run restores its scores
     teacher = teacher_for(loop, None, prefilled=start)  # made here so that the importance pass can fill it
     if start:

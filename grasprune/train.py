@@ -46,6 +46,8 @@ class LoopConfig:
     teacher_cache_mb: int = 2048  # full distillation: keep the dense logits of up to this many MB of blocks
     compile: bool = False  # run the gated (student) passes through torch.compile; the teacher stays eager
     align: int = 1  # the projection keeps FFN channels in multiples of this per layer (units.project)
+    tie_break: str = "spread"  # the projection's order among equal probabilities (units.project)
+    layer_minimum: str = "inside"  # where the projection pays each layer's minimum (units.project)
 
     def tau_at(self, step: int, total: int) -> float:
         if self.tau_end is None or total <= 1:
@@ -79,11 +81,16 @@ def scores_from_importance(importance: torch.Tensor, layout: UnitLayout, tau: fl
     return scores
 
 
-def ste_factors(scores: torch.Tensor, layout: UnitLayout, budget: int, tau: float, align: int = 1):
-    """``z = m + p - p.detach()``: the hard budget-feasible mask forward, sigmoid gradients backward."""
+def ste_factors(scores: torch.Tensor, layout: UnitLayout, budget: int, tau: float, align: int = 1,
+                tie_break: str = "spread", layer_minimum: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
+    """``z = m + (p - p.detach())``: the hard mask forward, sigmoid gradients backward.
+
+    The parentheses matter: ``p - p.detach()`` is exactly 0, so ``z`` is exactly the mask, where
+    ``m + p - p.detach()`` rounds ``1 + p`` first and is off by up to half an ulp of 1 in fp32.
+    The projection's options are ``project``'s."""
     probs = gate_probs(scores, tau)
-    mask = project(probs, layout, budget, align)
-    return mask + probs - probs.detach(), mask
+    mask = project(probs, layout, budget, align, tie_break, layer_minimum)
+    return mask + (probs - probs.detach()), mask
 
 
 class TeacherCache:
@@ -320,7 +327,7 @@ def train_gates(
 
     def step(block, index):
         tau = cfg.tau_at(index, loop.total)
-        factors, mask = ste_factors(scores, layout, budget, tau, cfg.align)
+        factors, mask = ste_factors(scores, layout, budget, tau, cfg.align, cfg.tie_break, cfg.layer_minimum)
         gates.set(factors)
         loss = block_loss(student, block, gates, cfg.distill, teacher, dense=(model, gates))
         churn = 0 if previous[0] is None else int((mask != previous[0]).sum())

@@ -16,6 +16,8 @@ from .adapters import LayerShape, ModelAdapter
 from .errors import UserError
 
 FFN, KV = 0, 1
+TIE_BREAKS = ("spread", "index")  # how the projection orders units of equal probability
+LAYER_MINIMUMS = ("inside", "after")  # where each layer's minimum (one FFN channel, one KV group) is paid
 
 
 @dataclass
@@ -42,7 +44,7 @@ class UnitLayout:
         self.cost = torch.tensor(cost, dtype=torch.long)
         self.sizes = sizes  # [ffn_0, kv_0, ffn_1, kv_1, ...]: for torch.split of a flat vector
         self.group = self.layer * 2 + self.kind
-        self.tie_order = _spread_tie_order(self)
+        self.tie_orders = {"spread": _spread_tie_order(self), "index": torch.arange(len(layer))}
         self._chunk_layouts: dict[tuple[int, str], ChunkLayout] = {}  # (align, device): see chunk_layout
 
     @property
@@ -116,12 +118,13 @@ def minimum_cost(ffn_widths: list[int], ffn_costs: list[int], kv_costs: list[int
     return sum(min(align, w) * c for w, c in zip(ffn_widths, ffn_costs, strict=True)) + sum(kv_costs)
 
 
-def rank(probs: torch.Tensor, layout: UnitLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """The projection's ranking: unit ids by probability, highest first (ties broken by
-    ``layout.tie_order``), and per unit whether it is its layer's best FFN channel or best KV group
-    (the units ``project`` reserves)."""
+def rank(probs: torch.Tensor, layout: UnitLayout, tie_break: str = "spread") -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection's ranking: unit ids by probability, highest first (ties broken by ``tie_break``),
+    and per unit whether it is its layer's best FFN channel or best KV group (the units ``project``
+    always keeps)."""
     device = probs.device
-    return _rank(probs.detach(), layout.tie_order.to(device), layout.group.to(device), 2 * layout.num_layers)
+    tie = layout.tie_orders[tie_break].to(device)
+    return _rank(probs.detach(), tie, layout.group.to(device), 2 * layout.num_layers)
 
 
 def _rank(score: torch.Tensor, tie: torch.Tensor, group: torch.Tensor, num_groups: int):
@@ -135,45 +138,62 @@ def _rank(score: torch.Tensor, tie: torch.Tensor, group: torch.Tensor, num_group
     return order, position == best[group]
 
 
-def _keep_prefix(score, tie, group, cost, num_groups: int, room: int) -> torch.Tensor:
-    """Per item, whether it is kept: the first-ranked of every group (its cost reserved outside ``room``)
-    and the longest prefix of the ranking whose other items cost at most ``room``."""
+def _keep_prefix(score, tie, group, cost, num_groups: int, room: int, inside: bool = True) -> torch.Tensor:
+    """Per item, whether it is kept: the first-ranked of every group and the longest prefix of the
+    ranking that fits ``room``. ``inside``: the first-ranked items' cost is reserved outside ``room`` (the
+    prefix counts only the others); otherwise the prefix counts every item (the authors' rule) and the
+    first-ranked items of groups the prefix missed are added on top."""
     order, forced = _rank(score, tie, group, num_groups)
-    ranked_cost = torch.where(forced[order], 0, cost[order])
+    ranked_cost = torch.where(forced[order], 0, cost[order]) if inside else cost[order]
     fits = torch.cumsum(ranked_cost, 0) <= room
     keep = torch.empty_like(fits)
     keep[order] = fits | forced[order]
     return keep
 
 
-def project(probs: torch.Tensor, layout: UnitLayout, budget: int, align: int = 1) -> torch.Tensor:
-    """The hard, budget-feasible mask (float 0/1) for gate probabilities ``probs``.
+def project(probs: torch.Tensor, layout: UnitLayout, budget: int, align: int = 1, tie_break: str = "spread",
+            layer_minimum: str = "inside") -> torch.Tensor:
+    """The hard mask (float 0/1) for gate probabilities ``probs``.
 
-    Every layer first gets its best FFN channel and best KV group (their cost reserved inside the
-    budget); the other units, ranked by probability (ties broken by ``layout.tie_order``), are kept
-    while the cumulative cost stays within what is left: the longest feasible prefix.
+    Every layer keeps its best FFN channel and best KV group; the other units, ranked by probability,
+    are kept while the cumulative cost stays within the budget: the longest feasible prefix.
+
+    ``tie_break`` orders units of equal probability: ``spread`` interleaves the layers by relative
+    position (``_spread_tie_order``), ``index`` takes them in unit order (layer by layer, FFN channels
+    before KV groups), as the authors' sort does. ``layer_minimum`` ``inside`` reserves the per-layer
+    minimum inside the budget, so the mask always meets it; ``after`` is the authors' rule: the prefix
+    counts every unit against the whole budget and a layer it left without an FFN channel or a KV
+    group gets its best one added, which can exceed the budget by up to that minimum.
 
     With ``align`` N > 1 the items are FFN chunks and KV groups (``project_aligned``): each layer keeps
-    a multiple of N FFN channels, at least N, or its whole width. ``align`` 1 is the projection above,
-    unchanged.
+    a multiple of N FFN channels, at least N, or its whole width. ``align`` 1 is the projection above.
     """
     if align < 1:
         raise UserError(f"align must be a positive number of FFN channels (got {align}): pass --align 1 (off) "
                         "or e.g. 64")
+    check_choice("tie break", tie_break, TIE_BREAKS)
+    check_choice("layer minimum", layer_minimum, LAYER_MINIMUMS)
+    inside = layer_minimum == "inside"
     reserved = layout.minimum_params(align)
-    if reserved > budget:
+    if inside and reserved > budget:
         what = "one FFN channel" if align == 1 else f"a chunk of {align} FFN channels"
         raise UserError(
             f"budget of {budget:,} parameters cannot keep {what} and one KV group per layer "
             f"({reserved:,} needed): raise --keep-ratio to at least {reserved / layout.prunable_params:.4f}"
             + ("" if align == 1 else " or lower --align")
         )
+    room = budget - reserved if inside else budget
     if align > 1:
-        return project_aligned(probs, layout, budget - reserved, align)
+        return project_aligned(probs, layout, room, align, tie_break, inside)
     device = probs.device
-    keep = _keep_prefix(probs.detach(), layout.tie_order.to(device), layout.group.to(device),
-                        layout.cost.to(device), 2 * layout.num_layers, budget - reserved)
+    keep = _keep_prefix(probs.detach(), layout.tie_orders[tie_break].to(device), layout.group.to(device),
+                        layout.cost.to(device), 2 * layout.num_layers, room, inside)
     return keep.to(torch.float32)
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {what} {value!r}: choose one of {', '.join(choices)}")
 
 
 @dataclass
@@ -191,10 +211,11 @@ class ChunkLayout:
     kv_unit: torch.Tensor  # unit ids of the KV groups: the remaining items
     cost: torch.Tensor  # per item, in parameters
     group: torch.Tensor  # per item: 2 * layer for chunks, 2 * layer + 1 for KV groups
-    tie_order: torch.Tensor  # per item: the spread tie-break of ``_spread_tie_order``, over items
+    tie_orders: dict[str, torch.Tensor]  # per rule: the items in tie order (``spread`` as ``_spread_tie_order``)
 
     def to(self, device: torch.device | str) -> ChunkLayout:
-        return ChunkLayout(**{name: value.to(device) for name, value in self.__dict__.items()})
+        moved = {name: value.to(device) for name, value in self.__dict__.items() if name != "tie_orders"}
+        return ChunkLayout(**moved, tie_orders={k: v.to(device) for k, v in self.tie_orders.items()})
 
 
 def chunk_layout(layout: UnitLayout, align: int, device: torch.device | str = "cpu") -> ChunkLayout:
@@ -232,12 +253,14 @@ def _build_chunk_layout(layout: UnitLayout, align: int) -> ChunkLayout:
         kv_unit=kv_unit,
         cost=torch.cat([chunk_size.flatten()[chunk_flat] * ffn_cost[chunk_layer], layout.cost[kv_unit]]),
         group=group,
-        tie_order=by_group[torch.argsort(relative[by_group], stable=True)],
+        tie_orders={"spread": by_group[torch.argsort(relative[by_group], stable=True)], "index": by_group},
     )
 
 
-def project_aligned(probs: torch.Tensor, layout: UnitLayout, room: int, align: int) -> torch.Tensor:
-    """The aligned mask, ``room`` being the budget left after the reserved minimum.
+def project_aligned(probs: torch.Tensor, layout: UnitLayout, room: int, align: int, tie_break: str = "spread",
+                    inside: bool = True) -> torch.Tensor:
+    """The aligned mask, ``room`` being the budget the prefix may fill (``project``'s ``tie_break`` and
+    ``layer_minimum``, the latter as ``inside``).
 
     Each layer's channels are sorted by probability (ties by index) and cut into chunks of ``align``; a
     chunk's score is its channels' mean probability, made non-increasing along the layer (``cummin``: in
@@ -256,7 +279,8 @@ def project_aligned(probs: torch.Tensor, layout: UnitLayout, room: int, align: i
     sums = ranked.masked_fill(~chunks.channel_valid, 0).view(layers, -1, align).sum(2)
     means = torch.cummin(sums / chunks.chunk_size.clamp(min=1), dim=1).values
     items = torch.cat([means.flatten()[chunks.chunk_flat], score[chunks.kv_unit]])
-    keep = _keep_prefix(items, chunks.tie_order, chunks.group, chunks.cost, 2 * layers, room).to(torch.float32)
+    keep = _keep_prefix(items, chunks.tie_orders[tie_break], chunks.group, chunks.cost, 2 * layers, room,
+                        inside).to(torch.float32)
     first = chunks.chunk_flat.numel()
     chunk_keep = torch.zeros(means.numel(), device=score.device, dtype=torch.float32).index_copy_(0, chunks.chunk_flat, keep[:first])
     channel_keep = chunk_keep.view(layers, -1).repeat_interleave(align, dim=1).flatten()[chunks.channel_flat]

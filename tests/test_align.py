@@ -40,7 +40,7 @@ def legacy_project(probs: torch.Tensor, layout: UnitLayout, budget: int) -> torc
     """The projection as it was before ``--align`` (commit before issue 19), kept verbatim as the oracle."""
     reserved = sum(layout.ffn_costs) + sum(layout.kv_costs)
     assert reserved <= budget
-    tie = layout.tie_order
+    tie = layout.tie_orders["spread"]
     order = tie[torch.sort(-probs.detach()[tie], stable=True).indices]
     position = torch.empty_like(order)
     position[order] = torch.arange(order.numel())

@@ -15,9 +15,18 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from grasprune.cli import build_parser, config_from_args
-from grasprune.config import DTYPES, METHODS, SCORE_INITS, VARIANTS, PruneConfig
+from grasprune.config import (
+    DTYPES,
+    EXPERIMENTAL_VARIANTS,
+    METHODS,
+    SCORE_INITS,
+    VARIANTS,
+    PruneConfig,
+    experimental_options,
+)
 from grasprune.errors import UserError
 from grasprune.evaluate import EVAL_DATASETS
+from grasprune.units import LAYER_MINIMUMS, TIE_BREAKS
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(PruneConfig)}
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,6 +75,9 @@ VALID = {
     "batch_blocks": counts,
     "teacher_cache_mb": st.integers(0, 10**7),
     "compile": st.booleans(),
+    "tie_break": st.none() | st.sampled_from(TIE_BREAKS),
+    "layer_minimum": st.none() | st.sampled_from(LAYER_MINIMUMS),
+    "experimental": st.booleans(),
 }
 # values out of range for each numeric or named field (the right JSON type, a wrong value)
 OUT_OF_RANGE = {
@@ -100,6 +112,8 @@ OUT_OF_RANGE = {
     "model": st.just("") | st.text(" \t\n", min_size=1),
     "batch_blocks": st.integers(max_value=0),
     "teacher_cache_mb": st.integers(max_value=-1),
+    "tie_break": texts.filter(lambda s: s not in TIE_BREAKS),
+    "layer_minimum": texts.filter(lambda s: s not in LAYER_MINIMUMS),
 }
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | texts,
@@ -128,7 +142,15 @@ def one_line(err: UserError) -> str:
 
 def valid_configs(min_size: int = 0):
     return st.fixed_dictionaries({}, optional={k: v for k, v in VALID.items() if k in FIELDS}).filter(
-        lambda d: len(d) >= min_size and not (d.get("compile") and d.get("fsdp")))  # exclusive: one line each
+        lambda d: len(d) >= min_size and not (d.get("compile") and d.get("fsdp"))  # exclusive: one line each
+    ).map(allow_experimental)
+
+
+def allow_experimental(settings: dict) -> dict:
+    """A valid config that sets an experimental option also says --experimental."""
+    uses = settings.get("variant") in EXPERIMENTAL_VARIANTS or any(
+        settings.get(name) is not None for name in experimental_options())
+    return settings | {"experimental": True} if uses else settings
 
 
 def test_every_field_has_a_strategy():
