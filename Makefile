@@ -18,8 +18,13 @@ $(STAMPS)/runtime: requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@mkdir -p $(STAMPS) && touch $@
 
+# llama-cpp-python builds llama.cpp from source: for AVX2/FMA/F16C only, not -march=native, so that the
+# wheel pip caches runs on any x86-64 machine of the last decade (a native build on a Xeon with AMX died
+# with SIGILL in its quantised matmuls inside this VM, and a wheel built on one machine may be reused on another).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
 $(STAMPS)/dev: requirements-dev.txt $(STAMPS)/runtime
-	$(BIN)/pip install -q -r requirements-dev.txt -c requirements.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -r requirements-dev.txt -c requirements.txt
 	@mkdir -p $(STAMPS) && touch $@
 
 # Debian's Chromium for the browser tests (Playwright cannot download browsers here).

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from grasprune import evaluations
 from grasprune.config import resolve_device
 from grasprune.errors import UserError
-from grasprune.evaluate import EVAL_DATASETS, perplexity
-from grasprune.generation import generate_text
-from grasprune.runs import Run
-from grasprune.zeroshot_tasks import TASKS
+from grasprune.evaluation.generation import generate_text
+from grasprune.evaluation.perplexity import EVAL_DATASETS, perplexity
+from grasprune.evaluation.zeroshot_tasks import TASKS
+from grasprune.runs import evaluations
+from grasprune.runs.store import Run
 from studio import charts
 from studio.common import completed_runs, pick_completed_run, remembered, shown_errors
 
@@ -20,10 +20,10 @@ ROLES = ("dense", "pruned")
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def load(role: str, spec: str, device: str, trust_remote_code: bool, allow_pickle: bool):
     if role == "pruned":
-        from grasprune.export import load_pruned
+        from grasprune.method.export import load_pruned
 
         return load_pruned(spec, device=device)
-    from grasprune.models import load_model
+    from grasprune.method.models import load_model
 
     return load_model(spec, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
@@ -91,7 +91,7 @@ def perplexity_section(run: Run) -> None:
 
 
 def zeroshot_section(run: Run) -> None:
-    from grasprune.zeroshot import evaluate_zeroshot
+    from grasprune.evaluation.zeroshot import evaluate_zeroshot
 
     st.subheader("Zero-shot accuracy")
     c1, c2 = st.columns([3, 1])

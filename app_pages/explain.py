@@ -1,6 +1,6 @@
 """Explain: watch GRASPrune work on a model small enough to follow (teaching mode).
 
-Every number comes from the engine (``grasprune.explain``) running on the chosen model: the ranking
+Every number comes from the engine (``studio.explain``) running on the chosen model: the ranking
 and the budget line, single gate-training steps, one layer's KV groups, scale calibration and folding.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from grasprune.explain import PAPER_URL, TINY_MODELS
 from studio.common import shown_errors
+from studio.explain import PAPER_URL, TINY_MODELS
 from studio.explain_views import PLAY_EVERY, PLAYING, lab_for, views
 
 

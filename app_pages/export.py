@@ -10,7 +10,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from grasprune.archive import (
+from grasprune.errors import UserError
+from grasprune.method.models import weights_size
+from grasprune.runs.archive import (
     GGUF_PREFIX,
     ArchiveInfo,
     archive_info,
@@ -18,9 +20,14 @@ from grasprune.archive import (
     check_servable,
     load_snippet,
 )
-from grasprune.convert import DEFAULT_PRECISION, PRECISIONS, checkpoint_precision, converted_size, folder_size
-from grasprune.errors import UserError
-from grasprune.gguf_export import (
+from grasprune.serving.convert import (
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    checkpoint_precision,
+    converted_size,
+    folder_size,
+)
+from grasprune.serving.gguf_export import (
     DEFAULT_GGUF_TYPE,
     GGUF_TYPES,
     INSTALL_LLAMA_CPP,
@@ -30,7 +37,6 @@ from grasprune.gguf_export import (
     gguf_file_name,
     llama_cpp_available,
 )
-from grasprune.models import weights_size
 from studio.common import pick_completed_run, root, size
 from studio.routes import download_url
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from grasprune.cli_command import prune_command
+from grasprune.cli.command import prune_command
 from grasprune.config import PruneConfig
-from grasprune.models import EMBEDDED_ALIAS
-from grasprune.runs import list_runs
+from grasprune.method.models import EMBEDDED_ALIAS
+from grasprune.runs.store import list_runs
 from studio.common import PAGES, attached_run_id, describe, root
 from studio.defaults import QUICK
 from studio.shell import ICONS, TITLES

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from grasprune.mask_view import mask_view
-from grasprune.runs import list_runs
+from grasprune.runs.store import list_runs
 from studio import charts
 from studio.common import PAGES, pick_run, root, timeline
+from studio.mask_view import mask_view
 
 
 def main() -> None:

@@ -7,8 +7,7 @@ import math
 import streamlit as st
 import torch
 
-from grasprune.budget_preview import BudgetPreview
-from grasprune.cli_command import prune_command
+from grasprune.cli.command import prune_command
 from grasprune.config import (
     DEFAULT_CALIB,
     DEFAULT_RESCALE,
@@ -22,9 +21,10 @@ from grasprune.config import (
 )
 from grasprune.data import check_sources
 from grasprune.errors import UserError
-from grasprune.evaluate import EVAL_DATASETS
-from grasprune.models import EMBEDDED_ALIAS, check_model_spec
-from grasprune.runs import create_run
+from grasprune.evaluation.perplexity import EVAL_DATASETS
+from grasprune.method.models import EMBEDDED_ALIAS, check_model_spec
+from grasprune.runs.store import create_run
+from studio.budget_preview import BudgetPreview
 from studio.common import attach, attached_run_id, cached_preview, jobs, root, shown_errors
 from studio.defaults import QUICK
 from studio.estimates import expected_duration_caption

@@ -9,12 +9,12 @@ import pandas as pd
 import streamlit as st
 
 from grasprune.formatting import BLANK
-from grasprune.run_table import cell_text, config_differences, run_row
-from grasprune.runs import Run, delete_run, list_runs
-from grasprune.timeline import timeline_of
+from grasprune.runs.store import Run, delete_run, list_runs
+from grasprune.runs.timeline import timeline_of
 from studio import charts
 from studio.common import PAGES, age, describe, duration, jobs, root, shown_errors
 from studio.live import RESUMABLE, is_active
+from studio.run_table import cell_text, config_differences, run_row
 
 
 def page_row(run: Run, job_state: str | None = None) -> dict:

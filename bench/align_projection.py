@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from grasprune.adapters import LayerShape, ModelAdapter
 from grasprune.atomic import write_json_atomic
-from grasprune.units import UnitLayout, layout_of, project
+from grasprune.method.adapters import LayerShape, ModelAdapter
+from grasprune.method.units import UnitLayout, layout_of, project
 
 
 def shaped_layout(layers: int, ffn: int, kv: int, hidden: int, head_dim: int) -> UnitLayout:
@@ -33,7 +33,7 @@ def shaped_layout(layers: int, ffn: int, kv: int, hidden: int, head_dim: int) ->
 
 
 def model_layout(spec: str) -> UnitLayout:
-    from grasprune.budget_preview import meta_model
+    from studio.budget_preview import meta_model
 
     return layout_of(ModelAdapter(meta_model(spec)))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from grasprune.allocator import freed_memory_kept
+from grasprune.scaleout.allocator import freed_memory_kept
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DENSE = "smollm2-135m"
@@ -37,7 +37,7 @@ def setting(model: str, dtype: str, device: str = "cpu", **extra) -> dict:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "freed_memory_kept": freed_memory_kept(),  # grasprune.allocator: a quarter of a training run's time
+        "freed_memory_kept": freed_memory_kept(),  # grasprune.scaleout.allocator: a quarter of a training run's time
         **extra,
     }
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from grasprune.adapters import ModelAdapter
 from grasprune.atomic import write_json_atomic
-from grasprune.export import sliced_model
-from grasprune.gates import Gates
-from grasprune.units import layout_of, project
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.export import sliced_model
+from grasprune.method.gates import Gates
+from grasprune.method.units import layout_of, project
 
 from .common import setting
 from .timing import (

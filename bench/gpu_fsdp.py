@@ -35,11 +35,12 @@ from pathlib import Path
 
 import torch
 
-from grasprune.adapters import ModelAdapter
 from grasprune.atomic import write_json_atomic
-from grasprune.distributed import join_process_group, join_single_process_group, world
-from grasprune.placement import shard
-from grasprune.units import layout_of
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.collectives import world
+from grasprune.method.units import layout_of
+from grasprune.scaleout.distributed import join_process_group, join_single_process_group
+from grasprune.scaleout.placement import shard
 
 from .common import setting
 from .gpu import LLAMA2_7B, TINY, build_model

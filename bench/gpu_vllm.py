@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from grasprune.adapters import ModelAdapter
 from grasprune.atomic import write_json_atomic
-from grasprune.export import model_class_for, save_pruned
-from grasprune.units import layout_of, project
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.export import model_class_for, save_pruned
+from grasprune.method.units import layout_of, project
 
 SHAPE = {"vocab_size": 1024, "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 4,
          "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64, "max_position_embeddings": 512}

@@ -1,7 +1,7 @@
 """llama.cpp speed of pruned GGUFs: prefill and decode tokens/s, dense against pruned, against the ideal.
 
     python -m bench.llamacpp [--keep 0.8,0.7,0.5] [--types f16,q8_0] [--threads 2] [--repeats 7]
-                             [--checkpoints DIR ...] [--out bench/results/llamacpp-DATE]
+                             [--checkpoints DIR ...] [--work DIR] [--out bench/results/llamacpp-DATE]
 
 The embedded SmolLM2-135M, pruned at each keep ratio, and the dense model are written as ``deci`` GGUFs
 by grasprune's exporter (the dense one is the model sliced at a mask that keeps everything, so both go
@@ -35,7 +35,7 @@ import torch
 
 from bench.common import DENSE, RESULTS, cpu_name, csv, describe
 from grasprune.atomic import write_json_atomic, write_text_atomic
-from grasprune.gguf_export import export_gguf
+from grasprune.serving.gguf_export import export_gguf
 
 KV_BYTES = 2  # llama.cpp's default f16 KV cache
 
@@ -43,6 +43,8 @@ KV_BYTES = 2  # llama.cpp's default f16 KV cache
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keep", type=csv(float), default=[0.8, 0.7, 0.5], help="keep ratios (magnitude masks)")
+    p.add_argument("--align", type=int, default=1,
+                   help="project the masks with FFN widths in multiples of N (prune's --align); 1 = off")
     p.add_argument("--checkpoints", nargs="*", type=Path, default=None, metavar="DIR",
                    help="real pruned checkpoints to measure instead of magnitude masks")
     p.add_argument("--types", type=csv(), default=["f16", "q8_0"])
@@ -50,19 +52,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--prompt", type=int, default=128, help="prefill tokens")
     p.add_argument("--decode", type=int, default=64, help="decoded tokens after the prompt")
-    p.add_argument("--work", type=Path, default=None, help="folder for checkpoints and GGUFs (default: a temp dir)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="folder for checkpoints and GGUFs, reused by the next run (default: a temp dir)")
     p.add_argument("--out", type=Path, default=RESULTS / f"llamacpp-{time.strftime('%Y-%m-%d', time.gmtime())}")
     return p.parse_args(argv)
 
 
-def sliced_checkpoints(keeps: list[float], work: Path) -> dict[str, Path]:
-    """The dense model and a magnitude-mask prune per keep ratio, saved as checkpoints (keep 1.0 = dense)."""
-    from grasprune.adapters import ModelAdapter
-    from grasprune.baselines import magnitude_scores
-    from grasprune.export import save_pruned
-    from grasprune.models import load_model
-    from grasprune.pipeline import layer_report, parameter_report
-    from grasprune.units import layout_of, project
+def sliced_checkpoints(keeps: list[float], work: Path, align: int = 1) -> dict[str, Path]:
+    """The dense model and a magnitude-mask prune per keep ratio, saved as checkpoints (keep 1.0 = dense);
+    ``align`` N > 1 projects FFN widths in multiples of N."""
+    from grasprune.method.adapters import ModelAdapter
+    from grasprune.method.baselines import magnitude_scores
+    from grasprune.method.export import save_pruned
+    from grasprune.method.models import load_model
+    from grasprune.method.units import layout_of, project
+    from grasprune.runs.pipeline import layer_report, parameter_report
 
     model, tokenizer = load_model(DENSE, dtype=torch.float32)
     adapter = ModelAdapter(model)
@@ -71,13 +75,14 @@ def sliced_checkpoints(keeps: list[float], work: Path) -> dict[str, Path]:
     total = sum(p.numel() for p in model.parameters())
     folders = {}
     for keep in [1.0, *keeps]:
-        mask = project(scores, layout, layout.budget(keep))
+        aligned = align > 1 and keep < 1.0
+        mask = project(scores, layout, layout.budget(keep), **({"align": align} if aligned else {}))
         report = {"base_model": DENSE, "keep_ratio": keep, "params": parameter_report(layout, mask, total),
                   "layers": layer_report(layout, mask), "mask": "magnitude (one-shot)"}
-        folder = work / f"keep{keep:g}"
+        folder = work / (f"keep{keep:g}-align{align}" if aligned else f"keep{keep:g}")
         if not folder.exists():
             save_pruned(folder, adapter, layout, mask, torch.ones(layout.num_units), tokenizer, report)
-        folders["dense" if keep == 1.0 else f"keep {keep:g}"] = folder
+        folders["dense" if keep == 1.0 else f"keep {keep:g}" + (f" (align {align})" if aligned else "")] = folder
     return folders
 
 
@@ -145,17 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import llama_cpp
 
-    from grasprune.evaluate import evaluation_tokens
+    from grasprune.evaluation.perplexity import evaluation_tokens
 
     with tempfile.TemporaryDirectory(prefix="llamacpp-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        checkpoints = sliced_checkpoints(args.keep, work)
+        checkpoints = sliced_checkpoints(args.keep, work, args.align)
         if args.checkpoints:
             checkpoints = {"dense": checkpoints["dense"]} | {
                 f"keep {json.loads((c / 'grasprune.json').read_text())['keep_ratio']:g} (run)": c
                 for c in args.checkpoints}
-        from grasprune.export import load_pruned
+        from grasprune.method.export import load_pruned
 
         _, tokenizer = load_pruned(checkpoints["dense"])
         tokens = evaluation_tokens("wikitext2", tokenizer)[: args.prompt + args.decode].tolist()
@@ -163,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         for gguf_type in args.types:
             for name, folder in checkpoints.items():
                 out = work / f"gguf-{gguf_type}-{folder.name}"
-                paths[(gguf_type, name)] = export_gguf(folder, out, gguf_type, overwrite=True).gguf_file
+                if not out.is_dir():  # a --work folder keeps its GGUFs for the next run
+                    export_gguf(folder, out, gguf_type)
+                paths[(gguf_type, name)] = next(out.glob("*.gguf"))
         speeds = measure({f"{t}/{n}": p for (t, n), p in paths.items()}, tokens, args)
         rows = []
         for (gguf_type, name), path in paths.items():
@@ -178,13 +185,17 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{kind}_speedup"] = row[kind] / dense[kind]
             row[f"{kind}_ideal"] = dense[cost] / row[cost]
             row[f"{kind}_pct"] = 100 * row[f"{kind}_speedup"] / row[f"{kind}_ideal"]
-    conditions = {"model": DENSE, "masks": "real runs" if args.checkpoints else "one-shot magnitude, projected",
+    masks = "real runs" if args.checkpoints else "one-shot magnitude, projected" + (
+        f" with FFN widths in multiples of {args.align}" if args.align > 1 else "")
+    conditions = {"model": DENSE, "masks": masks,
                   "threads": args.threads, "prompt": args.prompt, "decoded": args.decode, "repeats": args.repeats,
                   "cpu": cpu_name(), "cpus": os.cpu_count(), "llama-cpp-python": llama_cpp.__version__,
                   "date": time.strftime("%Y-%m-%d", time.gmtime())}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "llamacpp.json", {"conditions": conditions, "rows": rows})
-    write_text_atomic(args.out / "llamacpp.md", table(rows, conditions))
+    stem = args.out / (f"llamacpp-{args.threads}-thread{'s' if args.threads > 1 else ''}"
+                        + (f"-align{args.align}" if args.align > 1 else ""))
+    write_json_atomic(stem.with_suffix(".json"), {"conditions": conditions, "rows": rows})
+    write_text_atomic(stem.with_suffix(".md"), table(rows, conditions))
     print(table(rows, conditions))
     return 0
 

@@ -88,7 +88,7 @@ def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
 
 
 def rss_mb(pid: int) -> float:
-    from grasprune.jobs import process_rss
+    from grasprune.runs.jobs import process_rss
 
     value = process_rss(pid)
     if value is None:
@@ -100,7 +100,7 @@ def rss_mb(pid: int) -> float:
 def running_job(model: str, runs: Path, log_path: Path, **overrides) -> Iterator[str]:
     """A prune run in ``runs`` whose process runs (niced, one thread) until the block ends; yields its id."""
     from grasprune.config import PruneConfig
-    from grasprune.runs import create_run
+    from grasprune.runs.store import create_run
 
     run = create_run(PruneConfig(model=model, **{**SOAK_JOB, **overrides}), runs)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -175,7 +175,7 @@ def tiny_model(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from grasprune.models import embedded_gguf_path
+    from grasprune.method.models import embedded_gguf_path
 
     gguf = embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # a plain SIGTERM would end this process without its cleanup and leave the studio and the job running
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from grasprune.runs import run_in_root
+    from grasprune.runs.store import run_in_root
 
     with tempfile.TemporaryDirectory(prefix="memory-soak-") as tmp:
         tmp = Path(tmp)

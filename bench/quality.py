@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
-from grasprune.allocator import keep_freed_memory
 from grasprune.atomic import write_json_atomic, write_text_atomic
 from grasprune.config import DEFAULT_VARIANT, EXPERIMENTAL_VARIANTS, METHODS, VARIANTS, PruneConfig
-from grasprune.evaluate import perplexity
-from grasprune.models import load_model
-from grasprune.pipeline import count_parameters, prune_run
-from grasprune.runs import Run, create_run, list_runs
+from grasprune.evaluation.perplexity import perplexity
+from grasprune.method.models import load_model
+from grasprune.runs.pipeline import count_parameters, prune_run
+from grasprune.runs.store import Run, create_run, list_runs
+from grasprune.scaleout.allocator import keep_freed_memory
 
 from .common import DENSE, RESULTS, csv, describe, set_threads, setting
 from .quality_report import markdown, plot

@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
-from grasprune.adapters import ModelAdapter
-from grasprune.allocator import keep_freed_memory
 from grasprune.atomic import write_json_atomic, write_text_atomic
 from grasprune.config import torch_dtype
 from grasprune.data import calibration_blocks
-from grasprune.evaluate import evaluation_tokens
-from grasprune.models import load_model
-from grasprune.units import layout_of
+from grasprune.evaluation.perplexity import evaluation_tokens
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.models import load_model
+from grasprune.method.units import layout_of
+from grasprune.scaleout.allocator import keep_freed_memory
 
 from .common import DENSE, RESULTS, csv, set_threads, setting
 from .speed_report import markdown

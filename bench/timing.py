@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from grasprune.adapters import ModelAdapter
-from grasprune.gates import Gates
-from grasprune.train import block_loss, gate_probs, ste_factors
-from grasprune.units import UnitLayout
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.gates import Gates
+from grasprune.method.train import block_loss, gate_probs, ste_factors
+from grasprune.method.units import UnitLayout
 
 
 def sync_for(device: torch.device | str) -> Callable[[], None]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from grasprune.cli_zeroshot import check_task_files
-from grasprune.models import load_model
-from grasprune.zeroshot import evaluate_zeroshot
-from grasprune.zeroshot_tasks import ACC_NORM_TASKS, TASKS
+from grasprune.cli.zeroshot import check_task_files
+from grasprune.evaluation.zeroshot import evaluate_zeroshot
+from grasprune.evaluation.zeroshot_tasks import ACC_NORM_TASKS, TASKS
+from grasprune.method.models import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DENSE = "smollm2-135m"

@@ -17,14 +17,15 @@ import importlib
 import threading
 from pathlib import Path
 
-from .config import PruneConfig
-from .errors import UserError
+from grasprune.config import PruneConfig
+from grasprune.errors import UserError
 
 __all__ = ["PruneConfig", "UserError", "keep_freed_memory", "load_model", "load_pruned", "perplexity", "prune",
            "save_pruned"]
 # imported on first use: `import grasprune` (and so every CLI call, bad input included) stays light
-_LAZY = {"perplexity": ".evaluate", "load_pruned": ".export", "save_pruned": ".export", "load_model": ".models",
-         "keep_freed_memory": ".allocator"}
+_LAZY = {"perplexity": ".evaluation.perplexity", "load_pruned": ".method.export", "save_pruned": ".method.export",
+         "load_model": ".method.models",
+         "keep_freed_memory": ".scaleout.allocator"}
 
 
 def __getattr__(name: str):
@@ -43,8 +44,8 @@ def prune(
     overwrite: bool = False,
 ) -> dict:
     """Run a whole prune in a new run folder; return the report (also in ``<out>/grasprune.json``)."""
-    from .pipeline import prune_run
-    from .runs import create_run
+    from grasprune.runs.pipeline import prune_run
+    from grasprune.runs.store import create_run
 
     config.resolved()  # validate before creating anything
     run = create_run(config, Path(runs_dir).resolve() if runs_dir else None, Path(out).resolve() if out else None)

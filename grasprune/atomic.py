@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import UserError
+from grasprune.errors import UserError
 
 
 def _describe_os_error(path: Path, err: OSError) -> str:

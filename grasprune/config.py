@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
-from .units import LAYER_MINIMUMS, TIE_BREAKS
+from grasprune.errors import UserError
 
 DEFAULT_CALIB = "wikitext2#lines=0:50%"
 DEFAULT_RESCALE = "wikitext2#lines=50%:100%"
@@ -51,6 +50,8 @@ DEFAULT_VARIANT = "guided"
 # Paper settings on a GPU; a CPU-sized protocol that finishes in minutes otherwise.
 GPU_DEFAULTS = {"calib_samples": 512, "block_len": 512, "epochs": 4, "rescale_samples": 128}
 CPU_DEFAULTS = {"calib_samples": 64, "block_len": 256, "epochs": 2, "rescale_samples": 64}
+TIE_BREAKS = ("spread", "index")  # the projection's order of units with equal probability (units.project)
+LAYER_MINIMUMS = ("inside", "after")  # where the projection pays each layer's minimum (units.project)
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
 

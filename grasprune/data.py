@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from grasprune.errors import UserError
 
 BUNDLED_DATA = Path(__file__).resolve().parent / "bundled_data"
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens", ".text", ".md", ".jsonl", ".parquet")

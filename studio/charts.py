@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from grasprune.timeline import PHASE_LABELS, Timeline
+from grasprune.runs.timeline import PHASE_LABELS, Timeline
 
 MAX_POINTS = 1500
 KEPT, BEFORE, PRUNED = "#1f77b4", "#d9d9d9", "#f4a582"

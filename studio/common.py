@@ -10,12 +10,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from grasprune.budget_preview import BudgetPreview, preview
 from grasprune.errors import UserError
 from grasprune.events import read_new_events
-from grasprune.jobs import JobRegistry, registry
-from grasprune.runs import Run, list_runs, run_in_root, runs_root
-from grasprune.timeline import Timeline
+from grasprune.runs.jobs import JobRegistry, registry
+from grasprune.runs.store import Run, list_runs, run_in_root, runs_root
+from grasprune.runs.timeline import Timeline
+from studio.budget_preview import BudgetPreview, preview
 
 LOG = logging.getLogger("grasprune.studio")
 PAGES = {

@@ -1,4 +1,4 @@
-"""Expected durations in the studio: the library's estimate (``grasprune.estimate``) with the rates
+"""Expected durations in the studio: the library's estimate (``grasprune.runs.estimate``) with the rates
 measured on the runs folder's completed runs, for the Prune page and the live view."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import streamlit as st
 
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
-from grasprune.estimate import ModelSize, Rates, expected_durations, phase_parts, rates_for
-from grasprune.runs import Run
-from grasprune.timeline import Timeline, run_phases
+from grasprune.runs.estimate import ModelSize, Rates, expected_durations, phase_parts, rates_for
+from grasprune.runs.store import Run
+from grasprune.runs.timeline import Timeline, run_phases
 
 from .common import cached_preview, root
 

@@ -1,4 +1,4 @@
-"""Plotly figures of the Explain page, drawn from ``grasprune.explain`` results (no Streamlit here).
+"""Plotly figures of the Explain page, drawn from ``studio.explain`` results (no Streamlit here).
 
 Big models have tens of thousands of units: the ranking then merges runs of neighbouring bars of
 the same colour (widths add up, so the budget line stays exact) and the per-unit scatters use WebGL.
@@ -11,8 +11,8 @@ import math
 import plotly.graph_objects as go
 import torch
 
-from grasprune.explain import KVGroup, Ranking, ScaleReport, StepRecord, unit_name
-from grasprune.units import FFN, UnitLayout
+from grasprune.method.units import FFN, UnitLayout
+from studio.explain import KVGroup, Ranking, ScaleReport, StepRecord, unit_name
 
 MAX_BARS = 1500
 MAX_SVG_POINTS = 3000

@@ -14,9 +14,9 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from grasprune import explain
 from grasprune.errors import UserError
-from grasprune.units import FFN
+from grasprune.method.units import FFN
+from studio import explain
 
 from . import explain_charts
 from .charts import layers_figure

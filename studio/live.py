@@ -12,12 +12,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from grasprune.cli_command import prune_command
-from grasprune.dense_reference import perplexity_line, quality_warning
-from grasprune.estimate import correction, phase_remaining, whole_run_eta
-from grasprune.jobs import LOG_NAME, Job, log_tail, process_rss, shown_state
-from grasprune.runs import Run, run_in_root
-from grasprune.timeline import PHASE_LABELS, PROGRESS_UNITS, PhaseSpan, Timeline
+from grasprune.cli.command import prune_command
+from grasprune.evaluation.dense_reference import perplexity_line, quality_warning
+from grasprune.runs.estimate import correction, phase_remaining, whole_run_eta
+from grasprune.runs.jobs import LOG_NAME, Job, log_tail, process_rss, shown_state
+from grasprune.runs.store import Run, run_in_root
+from grasprune.runs.timeline import PHASE_LABELS, PROGRESS_UNITS, PhaseSpan, Timeline
 
 from . import charts
 from .common import PAGES, duration, jobs, root, shown_errors, size, timeline

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from grasprune.runs import Run, open_run
+from grasprune.runs.store import Run, open_run
 
 from .common import root, size, timeline
 from .live import is_active

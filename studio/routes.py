@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from grasprune.archive import GGUF_KEYS, served_archive
-from grasprune.convert import PRECISIONS
 from grasprune.errors import UserError
-from grasprune.runs import runs_root
+from grasprune.runs.archive import GGUF_KEYS, served_archive
+from grasprune.runs.store import runs_root
+from grasprune.serving.convert import PRECISIONS
 
 DOWNLOAD_PREFIX = "/grasprune-download"
 

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import traceback
 
-from grasprune.cli import main
+from grasprune.cli.main import main
 
 
 def call(argv: list[str]) -> dict:

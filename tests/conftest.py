@@ -52,8 +52,8 @@ def tiny_model(family: str = "llama", vocab_size: int = 256, seed: int = 0):
 
 def tiny_training_setup(block_seed: int, blocks: int = 3, keep_ratio: float = 0.6):
     """A frozen tiny Llama, its adapter and layout, random calibration blocks of 16 tokens and a budget."""
-    from grasprune.adapters import ModelAdapter
-    from grasprune.units import layout_of
+    from grasprune.method.adapters import ModelAdapter
+    from grasprune.method.units import layout_of
 
     model = tiny_model("llama").requires_grad_(False)
     adapter = ModelAdapter(model)
@@ -66,7 +66,7 @@ def tiny_training_setup(block_seed: int, blocks: int = 3, keep_ratio: float = 0.
 def smol_tokenizer():
     from transformers import AutoTokenizer
 
-    from grasprune.models import (
+    from grasprune.method.models import (
         embedded_gguf_path,
         load_model,  # noqa: F401  (ensures the package imports)
     )

@@ -21,14 +21,14 @@ from hypothesis import strategies as st
 from test_app import app, errors, runs_dir  # noqa: F401  (runs_dir: the Prune page's fixture)
 from test_units import make_layout
 
-from grasprune.adapters import ModelAdapter
-from grasprune.cli import build_parser, config_from_args
-from grasprune.cli_command import prune_command
+from grasprune.cli.command import prune_command
+from grasprune.cli.main import build_parser, config_from_args
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
-from grasprune.gates import Gates
-from grasprune.train import gate_probs, ste_factors
-from grasprune.units import UnitLayout, layout_of, project
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.gates import Gates
+from grasprune.method.train import gate_probs, ste_factors
+from grasprune.method.units import UnitLayout, layout_of, project
 
 from conftest import run_cli, tiny_model
 
@@ -191,7 +191,7 @@ def test_the_flag_round_trips_through_the_shown_command():
 
 
 def test_the_budget_preview_minimum_follows_the_alignment(tiny_model_dir):
-    from grasprune.budget_preview import preview
+    from studio.budget_preview import preview
 
     found = preview(str(tiny_model_dir))
     layout = layout_of(ModelAdapter(tiny_model("llama")))
@@ -205,7 +205,7 @@ def test_the_budget_preview_minimum_follows_the_alignment(tiny_model_dir):
 
 @pytest.mark.parametrize("method", ["grasprune", "wanda-sp"])
 def test_an_aligned_prune_exports_widths_in_multiples_of_32_that_load_and_run(method, tiny_model_dir, tmp_path):
-    from grasprune.export import load_pruned
+    from grasprune.method.export import load_pruned
 
     out = tmp_path / "out"
     result = run_cli("prune", "--model", str(tiny_model_dir), "--keep-ratio", "0.6", "--align", "32",

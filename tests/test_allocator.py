@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from grasprune import cli
+from grasprune.cli import main as cli
 
 # Makes a 64 MB tensor 21 times (each freed before the next) and prints the minor page faults of the last
 # 20: each fresh mmap faults in ~16,000 pages of 4 KiB. With the heap kept, the first few still grow it
 # (the freed blocks need a few rounds to coalesce into one that fits), the rest fault nothing.
 FAULTS = """
 import json, resource, sys, torch
-from grasprune.allocator import keep_freed_memory
+from grasprune.scaleout.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.ones(16 * 2**20).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

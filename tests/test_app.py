@@ -14,11 +14,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from grasprune import evaluations
-from grasprune import jobs as jobs_module
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
-from grasprune.runs import create_run, list_runs, run_in_root
+from grasprune.runs import evaluations
+from grasprune.runs import jobs as jobs_module
+from grasprune.runs.store import create_run, list_runs, run_in_root
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PRUNE = "app_pages/prune.py"
@@ -246,8 +246,8 @@ def test_export_page_prepares_the_bf16_archive_and_the_route_serves_it(runs_dir,
     import torch
     from safetensors import safe_open
 
-    from grasprune.convert import folder_size
-    from grasprune.export import load_pruned
+    from grasprune.method.export import load_pruned
+    from grasprune.serving.convert import folder_size
     from studio.common import size
 
     run_id = with_run(runs_dir, completed_run)
@@ -313,7 +313,7 @@ def test_export_page_fp32_serves_the_checkpoint_as_is(runs_dir, completed_run):
 def test_export_page_offers_gguf_with_its_modelfile_and_commands(runs_dir, completed_run):
     import tarfile
 
-    from grasprune.gguf_export import gguf_file_name
+    from grasprune.serving.gguf_export import gguf_file_name
     from studio.common import size
 
     run_id = with_run(runs_dir, completed_run)
@@ -386,7 +386,7 @@ def test_keep_ratio_one_prunes_nothing_and_is_refused(runs_dir, tiny_model_dir):
 
 
 def test_the_keep_ratio_slider_starts_at_the_models_minimum(runs_dir, tiny_model_dir):
-    from grasprune.budget_preview import preview
+    from studio.budget_preview import preview
 
     at = app()
     smol = preview("smollm2-135m")
@@ -440,7 +440,7 @@ def make_far_worse(run, factor: float = 10.0) -> float:
 
 
 def test_run_page_shows_the_dense_perplexity_beside_the_pruned_one(runs_dir, completed_run):
-    from grasprune.dense_reference import perplexity_line
+    from grasprune.evaluation.dense_reference import perplexity_line
 
     run_id = with_run(runs_dir, completed_run)
     metric = completed_run.report()["metrics"]["ppl_wikitext2"]
@@ -568,8 +568,8 @@ def test_a_run_its_worker_took_says_starting_and_offers_no_resume(runs_dir, tiny
 
 
 def test_the_prune_page_shows_the_expected_duration_of_its_settings(runs_dir):
-    from grasprune.budget_preview import preview
-    from grasprune.estimate import ModelSize, expected_durations, rates_for
+    from grasprune.runs.estimate import ModelSize, expected_durations, rates_for
+    from studio.budget_preview import preview
     from studio.defaults import QUICK
     from studio.estimates import about
 

@@ -1,7 +1,7 @@
 """The bad-input suite: one table of (surface, input, expected message) across the CLI, the library API
 and the studio, each refused with one line and nothing left half-written.
 
-- ``cli`` rows run ``grasprune.cli.main`` in one batch process (tests/cli_batch.py captures each row's
+- ``cli`` rows run ``grasprune.cli.main.main`` in one batch process (tests/cli_batch.py captures each row's
   stderr at the file-descriptor level): exit code 2, exactly one ``error:`` line, the last, never a
   traceback, and no checkpoint, partial folder or run that claims to be alive. Two rows also run as
   real ``python -m grasprune`` processes.
@@ -86,8 +86,8 @@ def task_file(task: str, *rows):
     """Write ``rows`` as the task's local file in the row's own data root and check it as the CLI does."""
 
     def call(c):
-        from grasprune.cli_zeroshot import check_task_files
-        from grasprune.zeroshot_tasks import LOCAL_SOURCES
+        from grasprune.cli.zeroshot import check_task_files
+        from grasprune.evaluation.zeroshot_tasks import LOCAL_SOURCES
 
         path = c.case / "zeroshot" / LOCAL_SOURCES[task][0]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def task_file(task: str, *rows):
 
 
 def model(spec: str):
-    from grasprune.models import load_model
+    from grasprune.method.models import load_model
 
     return lambda c: load_model(c.format(spec))
 
@@ -107,15 +107,15 @@ def model(spec: str):
 def impossible_projection(c):
     import torch
 
-    from grasprune.adapters import LayerShape
-    from grasprune.units import UnitLayout, project
+    from grasprune.method.adapters import LayerShape
+    from grasprune.method.units import UnitLayout, project
 
     layout = UnitLayout(shapes=[LayerShape(4, 2, 4)] * 2, ffn_costs=[1, 1], kv_costs=[3, 3], group_size=2)
     project(torch.rand(layout.num_units), layout, layout.minimum_params() - 1)
 
 
 def budget_preview(keep_ratio: float):
-    from grasprune.budget_preview import preview
+    from studio.budget_preview import preview
 
     return lambda c: preview(str(c.tiny)).check(keep_ratio)
 
@@ -238,7 +238,7 @@ BAD_INPUTS = [
 
 
 def _load_task(c, name: str):
-    from grasprune.zeroshot_tasks import load_task
+    from grasprune.evaluation.zeroshot_tasks import load_task
 
     return load_task(name, data_root_dir=c.case)
 
@@ -330,7 +330,7 @@ def studio(files, tiny_model_dir, tmp_path_factory):
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from grasprune import jobs
+    from grasprune.runs import jobs
 
     runs = tmp_path_factory.mktemp("app-runs")
     with pytest.MonkeyPatch.context() as patch:
@@ -364,7 +364,7 @@ def test_bad_input_is_refused_with_one_line(case, request, files, tiny_model_dir
 
 
 def check_cli(case: Bad, result: dict, folder: Path, files: Path, tiny: Path) -> None:
-    from grasprune.runs import list_runs
+    from grasprune.runs.store import list_runs
 
     stderr = result["stderr"]
     assert result["code"] == 2, stderr[-2000:]
@@ -386,7 +386,7 @@ def check_cli(case: Bad, result: dict, folder: Path, files: Path, tiny: Path) ->
 
 
 def check_app(case: Bad, at, runs: Path, files: Path, tiny: Path) -> None:
-    from grasprune.runs import list_runs
+    from grasprune.runs.store import list_runs
 
     settings = {k: v.format(files=files) if isinstance(v, str) else v for k, v in case.input.items()}
     at.text_input(key="prune_model").set_value(settings.get("model", str(tiny)))

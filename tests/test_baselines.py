@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from grasprune.adapters import ModelAdapter
-from grasprune.baselines import (
+from grasprune.errors import UserError
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.baselines import (
     BASELINES,
     CALIBRATION_PASSES,
     flap_bias_compensation,
@@ -14,9 +15,8 @@ from grasprune.baselines import (
     unit_importance,
     wanda_sp_scores,
 )
-from grasprune.errors import UserError
-from grasprune.gates import Gates
-from grasprune.units import FFN, KV, layout_of, project
+from grasprune.method.gates import Gates
+from grasprune.method.units import FFN, KV, layout_of, project
 
 from conftest import tiny_model
 

@@ -13,8 +13,8 @@ if str(REPO) not in sys.path:
 
 from bench.speed_report import markdown
 from bench.timing import GreedyDecoder, decode_rows, interleaved_decode, params_read_per_token, weight_matmuls
-from grasprune.hf_modeling.configuration_grasprune import GraspruneLlamaConfig
-from grasprune.hf_modeling.modeling_grasprune import GraspruneLlamaForCausalLM
+from grasprune.method.hf_modeling.configuration_grasprune import GraspruneLlamaConfig
+from grasprune.method.hf_modeling.modeling_grasprune import GraspruneLlamaForCausalLM
 
 
 @pytest.fixture(scope="module")

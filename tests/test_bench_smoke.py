@@ -157,7 +157,7 @@ def test_the_fsdp_projection_counts_parameters_exactly():
 def test_an_entry_interrupted_mid_run_resumes_its_run(tiny_model_dir, tmp_path, monkeypatch):
     import threading
 
-    from grasprune.train import Stopped
+    from grasprune.errors import Stopped
 
     stopped = threading.Event()
     stopped.set()  # the run checkpoints and stops before its first step, as a killed grid would leave it

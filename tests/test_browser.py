@@ -156,8 +156,8 @@ def test_prune_live_refresh_stop_resume_evaluate_download(server, tiny_model_dir
         assert page.locator("[data-testid='stException']").count() == 0
         browser.close()
 
-    from grasprune.export import load_pruned
-    from grasprune.runs import open_run
+    from grasprune.method.export import load_pruned
+    from grasprune.runs.store import open_run
 
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")

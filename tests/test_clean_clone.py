@@ -127,8 +127,8 @@ def test_without_the_embedded_wheel_the_alias_says_how_to_install_it(monkeypatch
     """The wheel is no declared dependency (its own are heavy): without it, one line says what to do."""
     import importlib.util
 
-    from grasprune import models
-    from grasprune.cli import main
+    from grasprune.cli.main import main
+    from grasprune.method import models
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

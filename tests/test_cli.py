@@ -42,7 +42,7 @@ def test_prune_writes_a_complete_report(pruned):
 
 
 def test_the_importance_pass_reports_its_progress_per_block_and_each_phase_its_duration(pruned):
-    from grasprune.runs import list_runs
+    from grasprune.runs.store import list_runs
 
     out, result = pruned
     (run,) = list_runs(out.parent / "runs")

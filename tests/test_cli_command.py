@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shlex
 
-from grasprune.cli import build_parser, config_from_args
-from grasprune.cli_command import prune_command
+from grasprune.cli.command import prune_command
+from grasprune.cli.main import build_parser, config_from_args
 from grasprune.config import PruneConfig
 
 
@@ -35,7 +35,7 @@ def test_every_prune_option_is_defined_once_on_the_config():
     import argparse
     import dataclasses
 
-    from grasprune.cli_options import flag_of
+    from grasprune.cli.options import flag_of
 
     parser = build_parser()
     prune = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["prune"]

@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from grasprune.adapters import ModelAdapter
-from grasprune.cli import build_parser, config_from_args
-from grasprune.cli_command import prune_command
+from grasprune.cli.command import prune_command
+from grasprune.cli.main import build_parser, config_from_args
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
-from grasprune.export import sliced_model
-from grasprune.gates import Gates
-from grasprune.train import LoopConfig, calibrate_scales, train_gates
-from grasprune.units import layout_of, project
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.export import sliced_model
+from grasprune.method.gates import Gates
+from grasprune.method.train import LoopConfig, calibrate_scales, train_gates
+from grasprune.method.units import layout_of, project
 
 from conftest import tiny_training_setup
 

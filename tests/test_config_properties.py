@@ -14,19 +14,20 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from grasprune.cli import build_parser, config_from_args
+from grasprune.cli.main import build_parser, config_from_args
 from grasprune.config import (
     DTYPES,
     EXPERIMENTAL_VARIANTS,
+    LAYER_MINIMUMS,
     METHODS,
     SCORE_INITS,
+    TIE_BREAKS,
     VARIANTS,
     PruneConfig,
     experimental_options,
 )
 from grasprune.errors import UserError
-from grasprune.evaluate import EVAL_DATASETS
-from grasprune.units import LAYER_MINIMUMS, TIE_BREAKS
+from grasprune.evaluation.perplexity import EVAL_DATASETS
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(PruneConfig)}
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,13 +16,13 @@ import torch
 from safetensors import safe_open
 from test_export import report_for
 
-from grasprune.adapters import ModelAdapter
-from grasprune.cli import main
-from grasprune.convert import checkpoint_precision, convert_checkpoint, converted_size, folder_size
+from grasprune.cli.main import main
 from grasprune.errors import UserError
-from grasprune.export import load_pruned, save_pruned
-from grasprune.models import weight_files, weights_size
-from grasprune.units import layout_of, project
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.export import load_pruned, save_pruned
+from grasprune.method.models import weight_files, weights_size
+from grasprune.method.units import layout_of, project
+from grasprune.serving.convert import checkpoint_precision, convert_checkpoint, converted_size, folder_size
 
 from conftest import run_cli, tiny_model
 
@@ -123,7 +123,7 @@ def test_bf16_export_loads_with_stock_transformers_in_a_fresh_process(checkpoint
 
 
 def test_a_failed_conversion_leaves_the_previous_folder_untouched(checkpoint, tmp_path, monkeypatch):
-    from grasprune import convert
+    from grasprune.serving import convert
 
     out = convert_checkpoint(checkpoint, tmp_path / "out", "fp16")
 

@@ -41,7 +41,7 @@ def cuda_setup(tmp_path_factory):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fold_is_exact_on_the_gpu(family, tmp_path):
-    from grasprune.export import model_class_for, save_pruned
+    from grasprune.method.export import model_class_for, save_pruned
 
     model, adapter, layout, mask, gamma = prune_randomly(family)
     model.cuda()
@@ -56,7 +56,7 @@ def test_fold_is_exact_on_the_gpu(family, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_cli_prunes_on_the_gpu(cuda_setup, dtype):
-    from grasprune.export import load_pruned
+    from grasprune.method.export import load_pruned
 
     out = cuda_setup / f"out-{dtype}"
     calib = str(cuda_setup / "calib.txt")

@@ -8,15 +8,15 @@ import os
 import pytest
 import torch
 
-from grasprune import evaluations
 from grasprune.config import PruneConfig
-from grasprune.dense_reference import model_identity, perplexity_line, quality_warning
-from grasprune.evaluate import perplexity
-from grasprune.models import load_model
-from grasprune.pipeline import prune_run
-from grasprune.run_table import cell_text, run_row
-from grasprune.runs import create_run
-from grasprune.timeline import timeline_of
+from grasprune.evaluation.dense_reference import model_identity, perplexity_line, quality_warning
+from grasprune.evaluation.perplexity import perplexity
+from grasprune.method.models import load_model
+from grasprune.runs import evaluations
+from grasprune.runs.pipeline import prune_run
+from grasprune.runs.store import create_run
+from grasprune.runs.timeline import timeline_of
+from studio.run_table import cell_text, run_row
 
 TINY = {"keep_ratio": 0.5, "calib_samples": 4, "block_len": 32, "epochs": 1, "rescale_samples": 2, "eval_windows": 2,
         "eval_seqlen": 64, "checkpoint_every": 2, "device": "cpu"}
@@ -144,7 +144,7 @@ def test_a_dense_model_that_does_not_fit_leaves_the_run_completed(tmp_path, cach
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("grasprune.dense_reference.load_model", out_of_memory)
+    monkeypatch.setattr("grasprune.evaluation.dense_reference.load_model", out_of_memory)
     run = create_run(PruneConfig(model=str(tiny_model_dir), **TINY), tmp_path / "runs")
     report = prune_run(run)
     assert run.status()["status"] == "completed" and report["metrics"]["ppl_wikitext2"]["ppl"] > 1

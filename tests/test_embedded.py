@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grasprune.adapters import ModelAdapter
-from grasprune.export import load_pruned
-from grasprune.gates import Gates
-from grasprune.models import load_model
-from grasprune.units import layout_of
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.export import load_pruned
+from grasprune.method.gates import Gates
+from grasprune.method.models import load_model
+from grasprune.method.units import layout_of
 
 from conftest import run_cli
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from grasprune.config import PruneConfig
-from grasprune.estimate import (
+from grasprune.runs.estimate import (
     BUILTIN_RATES,
     ModelSize,
     Rates,
@@ -20,8 +20,8 @@ from grasprune.estimate import (
     rates_for,
     whole_run_eta,
 )
-from grasprune.runs import create_run
-from grasprune.timeline import run_phases, timeline_of
+from grasprune.runs.store import create_run
+from grasprune.runs.timeline import run_phases, timeline_of
 
 SIZE = ModelSize(total_params=1000, prunable_params=800)
 SMALL = {"device": "cpu", "calib_samples": 4, "block_len": 10, "epochs": 2, "rescale_samples": 2,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from grasprune.errors import UserError
-from grasprune.evaluate import perplexity
+from grasprune.evaluation.perplexity import perplexity
 
 from conftest import tiny_model
 
@@ -37,7 +37,7 @@ def test_max_windows_limits_the_windows_scored():
 
 
 def test_wikitext2_uses_the_test_split_with_one_bos(smol_tokenizer):
-    from grasprune.evaluate import evaluation_tokens
+    from grasprune.evaluation.perplexity import evaluation_tokens
 
     tokens = evaluation_tokens("wikitext2", smol_tokenizer)
     text = smol_tokenizer.decode(tokens[:40])

@@ -4,7 +4,7 @@ import importlib.util
 
 from grasprune.atomic import write_json_atomic
 from grasprune.config import PruneConfig
-from grasprune.runs import create_run
+from grasprune.runs.store import create_run
 
 from conftest import REPO
 

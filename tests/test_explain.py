@@ -8,13 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grasprune import explain
-from grasprune.adapters import LayerShape, ModelAdapter
 from grasprune.errors import UserError
-from grasprune.gates import Gates
-from grasprune.train import LoopConfig, train_gates
-from grasprune.units import UnitLayout, layout_of, project
-from studio import explain_charts
+from grasprune.method.adapters import LayerShape, ModelAdapter
+from grasprune.method.gates import Gates
+from grasprune.method.train import LoopConfig, train_gates
+from grasprune.method.units import UnitLayout, layout_of, project
+from studio import explain, explain_charts
 
 from conftest import tiny_model
 

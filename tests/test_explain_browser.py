@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_browser import CHROMIUM, CHROMIUM_ARGS, ensure_chromium, server, settle  # noqa: F401 - server is a fixture
 
-from grasprune import explain
-from grasprune.units import project
+from grasprune.method.units import project
+from studio import explain
 
 pytestmark = pytest.mark.browser
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from grasprune import explain
-from grasprune.units import project
+from grasprune.method.units import project
+from studio import explain
 
 PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "explain.py")
 

@@ -8,10 +8,10 @@ import textwrap
 import pytest
 import torch
 
-from grasprune.adapters import ModelAdapter
-from grasprune.export import load_pruned, save_pruned
-from grasprune.gates import Gates
-from grasprune.units import layout_of, project
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.export import load_pruned, save_pruned
+from grasprune.method.gates import Gates
+from grasprune.method.units import layout_of, project
 
 from conftest import tiny_model
 
@@ -35,7 +35,7 @@ def gated_logits(model, adapter, layout, mask, gamma, ids):
 
 
 def report_for(layout, mask, model):
-    from grasprune.pipeline import layer_report, parameter_report
+    from grasprune.runs.pipeline import layer_report, parameter_report
 
     total = sum(p.numel() for p in model.parameters())
     return {"base_model": "tiny", "keep_ratio": 0.5, "params": parameter_report(layout, mask, total),
@@ -49,7 +49,7 @@ def test_sliced_checkpoint_reproduces_the_gated_rescaled_model(family, tmp_path)
     expected = gated_logits(model, adapter, layout, mask, gamma, ids)
     report = report_for(layout, mask, model)
     save_pruned(tmp_path / "out", adapter, layout, mask, gamma, None, report)
-    from grasprune.export import model_class_for
+    from grasprune.method.export import model_class_for
 
     pruned = model_class_for(model.config.model_type).from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_export_refuses_an_existing_folder_and_leaves_it_untouched(tmp_path):
 
 
 def test_a_failed_export_leaves_no_folder(tmp_path, monkeypatch):
-    from grasprune import export
+    from grasprune.method import export
 
     model, adapter, layout, mask, gamma = prune_randomly("llama")
 

@@ -11,7 +11,7 @@ import pytest
 
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
-from grasprune.runs import create_run, open_run
+from grasprune.runs.store import create_run, open_run
 
 from conftest import REPO
 

@@ -1,9 +1,9 @@
 import torch
 
-from grasprune.adapters import ModelAdapter
-from grasprune.gates import Gates
-from grasprune.train import gate_probs, ste_factors
-from grasprune.units import layout_of
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.gates import Gates
+from grasprune.method.train import gate_probs, ste_factors
+from grasprune.method.units import layout_of
 
 from conftest import tiny_model
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from test_export import report_for
 
-from grasprune.adapters import ModelAdapter
-from grasprune.cli import main
+from grasprune.cli.main import main
 from grasprune.errors import UserError
-from grasprune.export import load_pruned, save_pruned
-from grasprune.gguf_export import export_gguf, llama_cpp_available, permute_for_rope
-from grasprune.units import layout_of, project
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.export import load_pruned, save_pruned
+from grasprune.method.units import layout_of, project
+from grasprune.serving.gguf_export import export_gguf, llama_cpp_available, permute_for_rope
 
 from conftest import tiny_model
 
@@ -178,7 +178,7 @@ def test_cli_gguf_export_and_its_bad_inputs(checkpoint, tmp_path, capsys, monkey
     assert "is not a GRASPrune checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(checkpoint), "--format", "gguf", "--type", "q3_k", "--out", str(tmp_path / "x")])
-    monkeypatch.setattr("grasprune.gguf_export.llama_cpp_available", lambda: False)
+    monkeypatch.setattr("grasprune.serving.gguf_export.llama_cpp_available", lambda: False)
     assert main(["export", str(checkpoint), "--format", "gguf", "--type", "q4_k_m", "--out", str(tmp_path / "x")]) == 2
     assert "pip install llama-cpp-python==0.3.36" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -242,6 +242,59 @@ def test_llama_cpp_tokenizes_as_transformers(f32_export, smol_tokenizer):
         assert llm.tokenize(text.encode(), add_bos=True, special=True) == smol_tokenizer.encode(text)
 
 
+def sentencepiece_style_tokenizer(vocab_size: int = 400):
+    """A Llama-2-style tokenizer: BPE with byte fallback over "▁"-joined text, its merges made from the
+    vocabulary as transformers' SentencePiece converter makes them, trained on a slice of WikiText-2."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from grasprune.data import read_source
+
+    rows = [row for row in read_source("wikitext2#lines=0:3%", "calibration").rows if row.strip()]
+    normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trainer = Tokenizer(models.BPE())
+    trainer.normalizer = normalizer
+    trainer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    trainer.train_from_iterator(rows, trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False))
+    learned = json.loads(trainer.to_str())["model"]["vocab"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"<0x{b:02X}>": 3 + b for b in range(256)}
+    for token in sorted(learned, key=learned.get):
+        vocab.setdefault(token, len(vocab))
+    merges = sorted(((a, b) for t in vocab if vocab[t] > 258 for a, b in ((t[:i], t[i:]) for i in range(1, len(t)))
+                     if a in vocab and b in vocab), key=lambda ab: (vocab[ab[0] + ab[1]], vocab[ab[0]], vocab[ab[1]]))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizer
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1",
+                                                             special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@needs_llama_cpp
+def test_a_sentencepiece_style_tokenizer_becomes_a_llama_vocab_that_tokenizes_alike(tmp_path):
+    from llama_cpp import Llama
+
+    from grasprune.data import read_source
+
+    tokenizer = sentencepiece_style_tokenizer()
+    source = pruned_checkpoint(tmp_path / "ckpt", tokenizer)
+    result = export_gguf(source, tmp_path / "out", "f32")
+    meta = fields(result.gguf_file)
+    assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.add_space_prefix"]) == ("llama", True)
+    assert (meta["tokenizer.ggml.add_bos_token"], meta["tokenizer.ggml.bos_token_id"]) == (True, 1)
+    types = meta["tokenizer.ggml.token_type"]
+    assert [types.count(t) for t in (gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.BYTE)] == [1, 2, 256]
+    llm = Llama(str(result.gguf_file), vocab_only=True, verbose=False)
+    texts = ["Hello world!", "The year 2024 had 366 days;  spaces\tand\nnewlines.", "naïve café — 東京 🙂",
+             " leading space", *[row for row in read_source("wikitext2#lines=50%:51%", "calibration").rows
+                                 if row.strip()][:40]]
+    for text in texts:
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == tokenizer.encode(text), text
+    llm.close()
+
+
 @needs_llama_cpp
 @pytest.mark.parametrize("gguf_type, agreement", [("q8_0", 0.999), ("q4_k_m", 0.97)])  # measured 0.9997, 0.989
 def test_quantized_gguf_loads_and_predicts_like_the_checkpoint(gguf_type, agreement, checkpoint, tmp_path):
@@ -261,10 +314,10 @@ def test_quantized_gguf_loads_and_predicts_like_the_checkpoint(gguf_type, agreem
 def smollm2_pruned(tmp_path_factory):
     """SmolLM2-135M sliced at keep 0.7 by the one-shot wanda-sp criterion (8 calibration blocks of 128
     tokens, no training: seconds), saved as a checkpoint."""
-    from grasprune.baselines import unit_importance
     from grasprune.config import DEFAULT_CALIB
     from grasprune.data import calibration_blocks
-    from grasprune.models import load_model
+    from grasprune.method.baselines import unit_importance
+    from grasprune.method.models import load_model
 
     model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)
     adapter = ModelAdapter(model)
@@ -285,7 +338,7 @@ GREEDY_TOKENS, GREEDY_AGREE = 12, 4  # f16 against fp32: later tokens may part a
 def test_pruned_smollm2_generates_in_llama_cpp_and_matches_transformers_perplexity(smollm2_pruned, tmp_path):
     from llama_cpp import Llama
 
-    from grasprune.evaluate import evaluation_tokens, perplexity
+    from grasprune.evaluation.perplexity import evaluation_tokens, perplexity
 
     result = export_gguf(smollm2_pruned, tmp_path / "gguf", "f16")
     assert "output.weight" not in {t.name for t in gguf.GGUFReader(result.gguf_file).tensors}  # tied: reused
@@ -316,3 +369,18 @@ def test_pruned_smollm2_generates_in_llama_cpp_and_matches_transformers_perplexi
           f"transformers fp32 {reference:.3f}, llama.cpp f16 {got:.3f} ({100 * (got / reference - 1):+.3f}%); "
           f"greedy: llama.cpp {tokenizer.decode(generated)!r}, transformers {tokenizer.decode(expected)!r}")
     assert abs(got / reference - 1) < 0.01
+
+
+def test_the_llamacpp_bench_counts_each_weight_byte_once_per_decoded_token(f32_export):
+    from bench.llamacpp import KV_BYTES, gguf_cost
+
+    reader = gguf.GGUFReader(f32_export.gguf_file)
+    sizes = {t.name: int(t.n_bytes) for t in reader.tensors}
+    meta = {name: reader.fields[name].contents() for name in ("deci.attention.head_count_kv", "deci.attention.head_count")}
+    cost = gguf_cost(f32_export.gguf_file, context=100)
+    # untied: the output matrix is read, the embedding only by one row (not counted)
+    assert cost["weight_bytes"] == sum(sizes.values()) - sizes["token_embd.weight"]
+    assert cost["kv_bytes"] == sum(2 * kv * 16 * KV_BYTES * 100 for kv in meta["deci.attention.head_count_kv"])
+    matrices = sum(int(t.n_elements) for t in reader.tensors if t.name.startswith("blk.") and len(t.shape) == 2)
+    attention = sum(2 * q * 16 * 50 for q in meta["deci.attention.head_count"])
+    assert cost["prefill_macs"] == matrices + attention

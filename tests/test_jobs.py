@@ -9,8 +9,8 @@ import pytest
 
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
-from grasprune.jobs import JobRegistry, log_tail, process_rss
-from grasprune.runs import create_run
+from grasprune.runs.jobs import JobRegistry, log_tail, process_rss
+from grasprune.runs.store import create_run
 
 
 def tiny_config(model_dir, **overrides) -> PruneConfig:
@@ -110,7 +110,7 @@ def test_the_log_tail_reads_only_the_end_of_a_long_log(tmp_path):
 
 
 def test_a_run_taken_by_the_worker_is_starting_until_its_process_says_running():
-    from grasprune.jobs import shown_state
+    from grasprune.runs.jobs import shown_state
 
     assert shown_state("queued", None) == "queued"  # created, or left queued by an earlier server: Resume
     assert shown_state("queued", "queued") == "queued"

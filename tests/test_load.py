@@ -23,7 +23,7 @@ from test_browser import ensure_chromium, fill, settle
 from bench.memory_soak import CHROMIUM, CHROMIUM_ARGS, measure, serve_studio
 from grasprune.config import PruneConfig
 from grasprune.events import EventLog
-from grasprune.runs import create_run, run_in_root
+from grasprune.runs.store import create_run, run_in_root
 
 pytestmark = pytest.mark.browser
 PHASE_ORDER = ("loading", "importance", "gate_training", "scale_calibration", "export", "evaluation")

@@ -1,7 +1,7 @@
 """``--variant paper`` is the authors' procedure exactly: tied by an independent re-derivation of their rules.
 
 The authors' rules (DESIGN.md §2), written out here with plain Python loops and no code from
-``grasprune.units`` or ``grasprune.train``:
+``grasprune.method.units`` or ``grasprune.method.train``:
 - the projection ranks every unit of every layer and both kinds together by ``p = sigmoid(s / tau)``,
   highest first, ties in unit order (their sort); keeps the longest prefix whose cumulative cost is
   within the budget; then a layer left without an FFN channel or a KV group gets its best one added
@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from grasprune.config import PruneConfig
-from grasprune.gates import Gates
-from grasprune.pipeline import projection_rule
-from grasprune.train import LoopConfig, epoch_order, train_gates
-from grasprune.units import FFN, KV, UnitLayout, project
+from grasprune.method.gates import Gates
+from grasprune.method.train import LoopConfig, epoch_order, train_gates
+from grasprune.method.units import FFN, KV, UnitLayout, project
+from grasprune.runs.pipeline import projection_rule
 
 from conftest import tiny_training_setup
 

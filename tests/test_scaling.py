@@ -18,14 +18,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grasprune.cli_command import prune_command
+from grasprune.cli.command import prune_command
 from grasprune.config import PruneConfig
-from grasprune.distributed import batch_gradient
-from grasprune.errors import UserError
-from grasprune.pipeline import prune_run
-from grasprune.placement import check_fsdp, execution_device, load_for_training
-from grasprune.runs import create_run, open_run
-from grasprune.train import LoopConfig, Stopped, _Loop
+from grasprune.errors import Stopped, UserError
+from grasprune.method.collectives import batch_gradient
+from grasprune.method.devices import execution_device
+from grasprune.method.train import LoopConfig, _Loop
+from grasprune.runs.pipeline import prune_run
+from grasprune.runs.store import create_run, open_run
+from grasprune.scaleout.placement import check_fsdp, load_for_training
 
 from conftest import REPO
 
@@ -229,7 +230,7 @@ def test_offloaded_layers_really_load_per_forward(tiny_model_dir, split_map):
 
 
 def test_prune_help_lists_the_scaling_flags(capsys):
-    from grasprune.cli import build_parser
+    from grasprune.cli.main import build_parser
 
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args(["prune", "--help"])
@@ -251,7 +252,7 @@ def test_bad_scaling_settings_are_one_line_errors(overrides, message, tiny_model
 @pytest.mark.parametrize("overrides, world, message", [
     ({"method": "magnitude"}, 2, "one-shot importance"),
     ({"batch_blocks": 3}, 2, "multiple of the 2 processes"),
-    ({"distill": 0.5, "distill_topk": 64}, 2, "--distill-topk 0"),
+    ({"distill": 0.5, "distill_topk": 64, "experimental": True}, 2, "--distill-topk 0"),
 ])
 def test_what_fsdp_cannot_do_is_refused_before_loading(overrides, world, message, tiny_model_dir):
     with pytest.raises(UserError, match=message):
@@ -265,7 +266,7 @@ def test_the_prune_page_shows_placement_and_memory_per_device_and_the_device_map
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from grasprune import jobs
+    from grasprune.runs import jobs
 
     monkeypatch.setenv("GRASPRUNE_RUNS", str(tmp_path))
     st.cache_resource.clear()

@@ -25,11 +25,11 @@ import pytest
 import tomllib
 from test_browser import server  # noqa: F401 - a fixture: `streamlit run app.py` on a free port
 
-from grasprune.archive import build_archive, served_archive
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
-from grasprune.jobs import JobRegistry
-from grasprune.runs import Run, delete_run, list_runs, run_in_root
+from grasprune.runs.archive import build_archive, served_archive
+from grasprune.runs.jobs import JobRegistry
+from grasprune.runs.store import Run, delete_run, list_runs, run_in_root
 
 from conftest import REPO
 
@@ -209,7 +209,7 @@ def test_every_page_refuses_run_links_outside_the_runs_folder(arena, monkeypatch
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from grasprune import jobs
+    from grasprune.runs import jobs
     from studio.common import PAGES
 
     root, outside = arena
@@ -255,7 +255,7 @@ def test_every_page_refuses_run_links_outside_the_runs_folder(arena, monkeypatch
 
 def test_form_paths_are_resolved_and_checked_for_kind(tmp_path, tiny_model_dir):
     from grasprune.data import read_source
-    from grasprune.models import check_model_spec
+    from grasprune.method.models import check_model_spec
 
     link = tmp_path / "my-model"
     link.symlink_to(tiny_model_dir, target_is_directory=True)

@@ -10,10 +10,10 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from grasprune.cli_command import prune_command
+from grasprune.cli.command import prune_command
 from grasprune.config import PruneConfig
-from grasprune.jobs import JobRegistry
-from grasprune.runs import create_run, list_runs
+from grasprune.runs.jobs import JobRegistry
+from grasprune.runs.store import create_run, list_runs
 from studio.defaults import QUICK
 
 from conftest import run_cli

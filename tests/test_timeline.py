@@ -2,7 +2,7 @@
 curves stay bounded however long the run (the server's memory must not grow with a run's age)."""
 
 from grasprune.events import EventLog, read_new_events
-from grasprune.timeline import HISTORY_POINTS, Timeline, timeline_of
+from grasprune.runs.timeline import HISTORY_POINTS, Timeline, timeline_of
 
 
 def step(n: int, loss: float | None = None, phase: str = "gate_training") -> dict:

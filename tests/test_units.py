@@ -2,8 +2,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grasprune.adapters import LayerShape, ModelAdapter
-from grasprune.units import UnitLayout, layout_of, project
+from grasprune.method.adapters import LayerShape, ModelAdapter
+from grasprune.method.units import UnitLayout, layout_of, project
 
 from conftest import tiny_model
 

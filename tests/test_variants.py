@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from grasprune.adapters import ModelAdapter
-from grasprune.baselines import unit_importance
 from grasprune.config import VARIANTS, PruneConfig
 from grasprune.errors import UserError
-from grasprune.export import sliced_model
-from grasprune.gates import Gates
-from grasprune.train import (
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.baselines import unit_importance
+from grasprune.method.export import sliced_model
+from grasprune.method.gates import Gates
+from grasprune.method.train import (
     DenseTeacher,
     LoopConfig,
     TeacherCache,
@@ -18,7 +18,7 @@ from grasprune.train import (
     scores_from_importance,
     train_gates,
 )
-from grasprune.units import FFN, KV, layout_of, project
+from grasprune.method.units import FFN, KV, layout_of, project
 
 from conftest import tiny_model, tiny_training_setup
 

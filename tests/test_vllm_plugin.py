@@ -23,10 +23,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grasprune.adapters import ModelAdapter
-from grasprune.export import FAMILY_CLASS, save_pruned
-from grasprune.hf_modeling import configuration_grasprune
-from grasprune.units import layout_of, project
+from grasprune.method.adapters import ModelAdapter
+from grasprune.method.export import FAMILY_CLASS, save_pruned
+from grasprune.method.hf_modeling import configuration_grasprune
+from grasprune.method.units import layout_of, project
 
 from conftest import REPO, tiny_model
 

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from grasprune.cli_zeroshot import register, run
+from grasprune.cli.zeroshot import register, run
 from grasprune.data import BUNDLED_DATA
-from grasprune.zeroshot import averages, evaluate_zeroshot, loglikelihoods, score_items
-from grasprune.zeroshot_tasks import HF_SOURCES, LOCAL_SOURCES, TASKS, Item, load_task
+from grasprune.evaluation.zeroshot import averages, evaluate_zeroshot, loglikelihoods, score_items
+from grasprune.evaluation.zeroshot_tasks import HF_SOURCES, LOCAL_SOURCES, TASKS, Item, load_task
 
 lm_eval = pytest.importorskip("lm_eval")
 ZS = BUNDLED_DATA / "zeroshot"  # the first rows of every copy, full or sliced (the slices are byte prefixes)
@@ -259,8 +259,8 @@ def tiny_llama(tokenizer, pruned: bool = False):
     torch.manual_seed(0)
     if not pruned:
         return LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
-    from grasprune.hf_modeling.configuration_grasprune import GraspruneLlamaConfig
-    from grasprune.hf_modeling.modeling_grasprune import GraspruneLlamaForCausalLM
+    from grasprune.method.hf_modeling.configuration_grasprune import GraspruneLlamaConfig
+    from grasprune.method.hf_modeling.modeling_grasprune import GraspruneLlamaForCausalLM
 
     config = GraspruneLlamaConfig(
         layer_intermediate_sizes=[96, 32], layer_num_key_value_heads=[2, 1], **kwargs
@@ -366,7 +366,7 @@ def zeroshot_args(*argv: str):
 @pytest.fixture
 def fake_models(tokenizer, monkeypatch):
     """``load_model`` returning the tiny model, recording the specs it was asked for."""
-    import grasprune.models
+    import grasprune.method.models
 
     asked = []
 
@@ -374,7 +374,7 @@ def fake_models(tokenizer, monkeypatch):
         asked.append(spec)
         return tiny_llama(tokenizer), tokenizer
 
-    monkeypatch.setattr(grasprune.models, "load_model", load_model)
+    monkeypatch.setattr(grasprune.method.models, "load_model", load_model)
     return asked
 
 
@@ -418,7 +418,7 @@ def test_cli_bad_input_is_a_user_error(fake_models, argv, message):
 
 
 def test_grasprune_main_prints_one_line_and_exits_2(fake_models, capsys):
-    from grasprune.cli import main
+    from grasprune.cli.main import main
 
     assert main(["zeroshot", "--model", "m", "--tasks", "hellaswag,piqa2"]) == 2
     err = capsys.readouterr().err
@@ -452,7 +452,7 @@ def test_bench_writes_json_and_markdown_for_dense_and_pruned(tokenizer, monkeypa
 
 @pytest.mark.slow
 def test_embedded_smollm2_loglikelihoods_equal_lm_eval_hflm():
-    from grasprune.models import load_model
+    from grasprune.method.models import load_model
 
     model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)
     pairs = [request for task in TASKS for item in load_task(task, limit=2) for request in item.requests]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from grasprune import zeroshot_tasks
 from grasprune.errors import UserError
-from grasprune.zeroshot_tasks import LOCAL_SOURCES, TASKS, load_task
+from grasprune.evaluation import zeroshot_tasks
+from grasprune.evaluation.zeroshot_tasks import LOCAL_SOURCES, TASKS, load_task
 
 GOOD_ARC = {"query": "Question: Why?", "choices": ["a", "b", "c", "d"], "gold": 2}
 

@@ -1,0 +1,1 @@
+"""The ``grasprune`` command line."""

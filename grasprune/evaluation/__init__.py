@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, zero-shot accuracy, generation, the dense reference."""

@@ -1,0 +1,1 @@
+"""Runs: run folders, the prune pipeline, jobs, events' timeline, progress, archives, estimates."""

@@ -1,0 +1,1 @@
+"""Scale-out: process groups, device maps and FSDP placement, the allocator setting."""

@@ -1,0 +1,1 @@
+"""Serving formats: precision conversion and GGUF export."""

@@ -1,0 +1,112 @@
+"""bench.report: docs/results.md holds the values of bench/results in the right table, is up to date,
+and every relative link of the README and the docs pages points at a file that exists."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import report
+
+RESULTS = REPO / "bench" / "results"
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> list[tuple[str, list[dict]]]:
+    """Every table of a freshly generated page: (caption, rows as {header: cell})."""
+    out = tmp_path_factory.mktemp("report") / "results.md"
+    assert report.main(["--results", str(RESULTS), "--out", str(out)]) == 0
+    return parse_tables(out.read_text())
+
+
+def parse_tables(text: str) -> list[tuple[str, list[dict]]]:
+    found, caption, header = [], "", None
+    for line in text.splitlines():
+        if line.startswith("**"):
+            caption, header = line, None
+        elif line.startswith("|") and header is None:
+            header = cells(line)
+            found.append((caption, []))
+        elif line.startswith("|") and not line.startswith("|---"):
+            found[-1][1].append(dict(zip(header, cells(line))))
+        elif not line.startswith("|"):
+            header = None
+    return found
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def rows_of(tables, machine: str, file: str, column: str) -> list[dict]:
+    """The rows of the one table captioned with this machine and file that has this column."""
+    matches = [rows for caption, rows in tables
+               if caption.startswith(f"**{machine}**") and f"`{file}`" in caption and column in rows[0]]
+    assert len(matches) == 1, (machine, file, column, len(matches))
+    return matches[0]
+
+
+def entry(path: Path, label: str, keep: float) -> dict:
+    return next(e for e in json.loads(path.read_text())["entries"]
+                if e["label"] == label and e["settings"].get("keep_ratio") == keep)
+
+
+def test_quality_rows_sit_in_their_machines_table(tables):
+    xeon = rows_of(tables, "Intel(R) Xeon(R) Processor, 2 cores", "bench/results/quality.json", "PTB ppl")
+    guided = entry(RESULTS / "quality.json", "grasprune (guided)", 0.7)
+    row = next(r for r in xeon if r["method"] == "grasprune (guided)" and r["keep"] == "0.70")
+    assert row["WikiText-2 ppl"] == f"{guided['metrics']['wikitext2']:.2f}" == "53.05"
+    assert row["PTB ppl"] == f"{guided['metrics']['ptb']:.2f}"
+    epyc = rows_of(tables, "AMD EPYC, 2 cores", "bench/results/allocator-2026-11-29/quality.json", "PTB ppl")
+    assert {r["WikiText-2 ppl"] for r in epyc if r["method"] == "grasprune (guided)"} >= {"57.06"}
+    assert not any(r["method"] == "taylor +scales" for r in epyc)
+    assert "57.06" not in {r["WikiText-2 ppl"] for r in xeon}
+
+
+def test_llamacpp_gpu_and_unrecorded_machines(tables):
+    path = RESULTS / "llamacpp-2026-12-06" / "llamacpp-1-thread.json"
+    rows = rows_of(tables, "AMD EPYC, 2 cores", "bench/results/llamacpp-2026-12-06/llamacpp-1-thread.json",
+                   "decode tok/s")
+    q8 = next(r for r in json.loads(path.read_text())["rows"]
+              if r["type"] == "q8_0" and r["model"] == "keep 0.5")
+    row = next(r for r in rows if r["type"] == "q8_0" and r["model"] == "keep 0.5")
+    assert row["decode tok/s"] == f"{q8['decode']:.1f}" == "65.9"
+    gpu = rows_of(tables, "NVIDIA H200 (host Intel(R) Xeon(R) Processor, 16 cores)", "bench/results/gpu.json",
+                  "ratio")
+    assert gpu[0]["ratio"] == "1.200×"
+    soak = rows_of(tables, report.NOT_RECORDED, "bench/results/memory_soak.json", "slope MB/h")
+    assert soak[0]["slope MB/h"] == "3.47"
+
+
+def test_check_passes_on_the_committed_page_and_fails_on_a_stale_one(tmp_path):
+    assert report.main(["--check"]) == 0
+    stale = tmp_path / "results.md"
+    stale.write_text("# Results\n")
+    assert report.main(["--check", "--out", str(stale)]) == 1
+
+
+def test_report_imports_no_torch():
+    code = "import sys, bench.report; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO).returncode == 0
+
+
+def test_every_relative_link_of_readme_and_docs_exists():
+    pages = [REPO / "README.md", REPO / "bench" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = [f"{page.relative_to(REPO)}: {target}"
+              for page in pages for target in LINK.findall(page.read_text()) if not resolves(page, target)]
+    assert broken == []
+
+
+def resolves(page: Path, target: str) -> bool:
+    """A URL or an in-page anchor counts as resolved; a relative path must name an existing file."""
+    return bool(re.match(r"[a-z]+:|#", target)) or (page.parent / target.split("#")[0]).exists()
