@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from grasprune.cli import heal as cli_heal
 from grasprune.cli.options import add_config_options, config_overrides, number
 from grasprune.config import CPU_DEFAULTS, GPU_DEFAULTS, PruneConfig
 from grasprune.errors import UserError
@@ -251,7 +252,7 @@ def _mb(nbytes: int | None) -> str:
     return "unknown" if nbytes is None else f"{nbytes / 2**20:.1f} MB"
 
 
-COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect, "export": run_export}
+COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect, "export": run_export, "heal": cli_heal.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ppl_parser(sub)
     add_inspect_parser(sub)
     add_export_parser(sub)
+    cli_heal.register(sub)
     try:
         from grasprune.cli import zeroshot as cli_zeroshot
 

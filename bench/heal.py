@@ -1,0 +1,102 @@
+"""Perplexity of pruned checkpoints after minutes of LoRA healing (``grasprune heal``'s loop).
+
+    python -m bench.heal --checkpoints DIR [DIR ...] [--marks 5,15,30] [--distill 0] [--threads 2]
+                         [--windows 64] [--out bench/results/heal-DATE]
+
+Each checkpoint is measured before healing, then healed with ``HealConfig``'s defaults (LoRA rank 8 on
+every attention and MLP linear, lr 2e-4, 256 blocks of 256 tokens of the calibration text) and measured
+again each time the training's own wall time passes a mark (the evaluations are not counted in it). The
+adapters are evaluated unmerged (merging gives the same function: tests/test_heal.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import RESULTS, csv, set_threads, setting
+from grasprune.atomic import write_json_atomic, write_text_atomic
+from grasprune.data import calibration_blocks
+from grasprune.evaluation.perplexity import perplexity
+from grasprune.method.export import load_pruned
+from grasprune.method.heal import (
+    HealConfig,
+    HealState,
+    adapter_tensors,
+    dense_teacher,
+    train_adapters,
+    with_lora,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", nargs="+", type=Path, required=True)
+    p.add_argument("--marks", type=csv(float), default=[5.0, 15.0, 30.0], help="minutes of training")
+    p.add_argument("--distill", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--windows", type=int, default=64)
+    p.add_argument("--out", type=Path, default=RESULTS / f"heal-{time.strftime('%Y-%m-%d', time.gmtime())}")
+    return p.parse_args(argv)
+
+
+def measure(folder: Path, args: argparse.Namespace) -> dict:
+    cfg = HealConfig(steps=10**9, distill=args.distill)
+    model, tokenizer = load_pruned(folder, dtype=torch.float32)
+    ppl = lambda m: round(perplexity(m.eval(), tokenizer, "wikitext2", args.seqlen, args.windows).ppl, 3)
+    points = [{"minutes": 0.0, "steps": 0, "wikitext2": ppl(model)}]
+    print(f"{folder.name}: before healing {points[0]['wikitext2']}", flush=True)
+    adapted = with_lora(model, cfg)
+    params = adapter_tensors(adapted)
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    blocks = calibration_blocks(cfg.data, tokenizer, cfg.samples, cfg.block_len)
+    teacher = dense_teacher(folder) if cfg.distill > 0 else None
+    step, elapsed = 0, 0.0
+    with tempfile.TemporaryDirectory() as scratch:
+        state = HealState(Path(scratch), cfg)
+        for mark in args.marks:
+            cfg.minutes = mark
+            _, done = train_adapters(adapted, blocks, teacher, optimizer, params, state, cfg, step, elapsed,
+                                     lambda *a, **k: None, None)
+            step, elapsed = done["steps"], done["elapsed_s"]
+            points.append({"minutes": round(elapsed / 60, 2), "steps": step, "wikitext2": ppl(adapted)})
+            print(f"{folder.name}: {points[-1]}", flush=True)
+    report = json.loads((folder / "grasprune.json").read_text())
+    return {"checkpoint": str(folder), "method": report.get("method"), "keep_ratio": report.get("keep_ratio"),
+            "variant": report.get("config", {}).get("variant"), "settings": cfg.identity(), "points": points}
+
+
+def table(rows: list[dict], conditions: dict) -> str:
+    marks = [p["minutes"] for p in rows[0]["points"]] if rows else []
+    caption = (f"{conditions['cpu']}, {conditions['threads']} threads, seqlen {conditions['seqlen']}, "
+               f"{conditions['windows']} windows; minutes of training (evaluations not counted)")
+    lines = ["# WikiText-2 perplexity after LoRA healing", "", caption, "",
+             "| checkpoint | " + " | ".join(f"{m:g} min" for m in marks) + " |",
+             "|---|" + "---:|" * len(marks)]
+    for row in rows:
+        name = f"{row['method']} keep {row['keep_ratio']}" + (f" ({row['variant']})" if row["method"] == "grasprune" else "")
+        lines.append(f"| {name} | " + " | ".join(f"{p['wikitext2']:,.2f} ({p['steps']} steps)" for p in row["points"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    rows = [measure(folder.resolve(), args) for folder in args.checkpoints]
+    conditions = setting("pruned checkpoints", "fp32", seqlen=args.seqlen, windows=args.windows,
+                         marks_min=args.marks, distill=args.distill)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "heal.json", {"conditions": conditions, "rows": rows})
+    write_text_atomic(args.out / "heal.md", table(rows, conditions))
+    print(table(rows, conditions))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""``grasprune heal``: LoRA recovery of a pruned checkpoint, merged into a new checkpoint folder."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+
+from grasprune.cli.options import number
+from grasprune.method.heal import HealConfig
+
+HELP = {
+    "steps": "training steps, one calibration block each",
+    "minutes": "stop training after this many minutes of wall time, then merge and export (default: no limit)",
+    "lr": "AdamW learning rate of the LoRA adapters (constant)",
+    "rank": "LoRA rank",
+    "alpha": "LoRA alpha (the adapters' scale is alpha / rank)",
+    "data": "training text: wikitext2, c4, ptb, a file or a dataset id, optionally with #lines=A:B",
+    "samples": "calibration blocks (the data is cycled through in a new order each epoch)",
+    "block_len": "tokens per block",
+    "distill": "weight of a KL loss to the dense base model named in grasprune.json (0 = LM loss only; a dense "
+               "forward pass per step)",
+    "seed": "seed of the data order and the adapters' initialisation",
+    "checkpoint_every": "save the adapters and optimiser every N steps (a stopped heal resumes from the last)",
+}
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("heal", help="LoRA recovery of a pruned checkpoint (merged: same format and shapes)")
+    p.add_argument("dir", metavar="CHECKPOINT_DIR", help="a pruned checkpoint folder (with grasprune.json)")
+    p.add_argument("--out", required=True, help="the healed checkpoint folder to write")
+    for field in dataclasses.fields(HealConfig):
+        kind = {"int": int, "float": float, "float | None": float}.get(field.type)
+        default = field.default
+        p.add_argument("--" + field.name.replace("_", "-"), dest=field.name, default=default,
+                       type=number(kind) if kind else str,
+                       help=HELP[field.name] + ("" if default is None else f" (default {default})").replace("%", "%%"))
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--restart", action="store_true", help="discard a stopped heal's saved state and start over")
+    return p
+
+
+def run(args) -> int:
+    from grasprune.errors import Stopped
+    from grasprune.method.heal import heal
+
+    cfg = HealConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(HealConfig)})
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        report = heal(args.dir, args.out, cfg, emit=progress_printer(cfg), stop=stop, overwrite=args.overwrite,
+                      restart=args.restart)
+    except Stopped as err:
+        print(f"{err}: run the same command again to resume", file=sys.stderr)
+        return 3
+    done = report["heal"]
+    print(f"healed {done['steps']} steps in {done['elapsed_s']:.0f}s: {args.out}")
+    return 0
+
+
+def progress_printer(cfg: HealConfig):
+    every = max(1, cfg.steps // 20)
+
+    def emit(kind: str, **fields) -> None:
+        if kind == "phase" and fields.get("resumed_at"):
+            print(f"resuming at step {fields['resumed_at']} of {fields['total']}")
+        if kind == "step" and (fields["step"] % every == 0 or fields["step"] == fields["total"]):
+            print(f"step {fields['step']}/{fields['total']}  loss {fields['loss']:.4f}  {fields['elapsed_s']:.0f}s",
+                  flush=True)
+
+    return emit

@@ -1,0 +1,136 @@
+"""``grasprune heal``: LoRA on a pruned tiny checkpoint, merged into a checkpoint of the same shapes,
+resumable bit for bit, and lowering the loss it trains on."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grasprune.data import calibration_blocks
+from grasprune.errors import Stopped, UserError
+from grasprune.method.export import load_pruned
+from grasprune.method.heal import HealConfig, heal, state_folder, with_lora
+
+from conftest import run_cli
+
+SMALL = ["--calib-samples", "4", "--block-len", "32", "--epochs", "1", "--rescale-samples", "2",
+         "--eval", "none", "--no-eval-dense", "--device", "cpu", "--dtype", "fp32"]
+QUICK = {"steps": 6, "samples": 4, "block_len": 32, "checkpoint_every": 2, "lr": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("heal") / "pruned"
+    done = run_cli("prune", "--model", str(tiny_model_dir), "--keep-ratio", "0.6", *SMALL, "--out", str(out),
+                   env={"GRASPRUNE_RUNS": str(out.parent / "runs")})
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_a_healed_checkpoint_has_the_source_shapes_and_new_weights(pruned, tmp_path):
+    out = tmp_path / "healed"
+    done = run_cli("heal", str(pruned), "--out", str(out), "--steps", "6", "--samples", "4", "--block-len", "32",
+                   "--lr", "1e-3")
+    assert done.returncode == 0, done.stderr
+    assert "healed 6 steps" in done.stdout
+    before, after = load_file(str(pruned / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
+    assert {k: v.dtype for k, v in before.items()} == {k: v.dtype for k, v in after.items()}
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(k.endswith("proj.weight") for k in changed)  # the LoRA-adapted linears only
+    report = json.loads((out / "grasprune.json").read_text())
+    assert report["heal"]["steps"] == 6 and report["mask"] == json.loads((pruned / "grasprune.json").read_text())["mask"]
+    assert json.loads((out / "config.json").read_text()) == json.loads((pruned / "config.json").read_text())
+    model, _ = load_pruned(out)  # loads as any checkpoint does
+    assert not state_folder(out).exists()
+    from transformers import AutoModelForCausalLM
+
+    remote = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    ids = torch.arange(1, 20).unsqueeze(0)
+    assert torch.allclose(remote(ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_the_merged_model_computes_what_the_adapted_one_did(pruned):
+    model, tokenizer = load_pruned(pruned, dtype=torch.float32)
+    adapted = with_lora(model, HealConfig(rank=4))
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # B starts at 0: make the adapters do something
+    ids = calibration_blocks("wikitext2", tokenizer, 2, 32)
+    with torch.no_grad():
+        expected = adapted(input_ids=ids).logits
+        merged = adapted.merge_and_unload()
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_a_stopped_heal_resumes_to_the_same_weights(pruned, tmp_path):
+    straight = tmp_path / "straight"
+    heal(pruned, straight, HealConfig(**QUICK))
+    stop = threading.Event()
+
+    def stop_at_three(kind, **fields):
+        if kind == "step" and fields["step"] == 3:
+            stop.set()
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Stopped, match="step 3 of 6"):
+        heal(pruned, resumed, HealConfig(**QUICK), emit=stop_at_three, stop=stop)
+    assert not resumed.exists() and (state_folder(resumed) / "state.json").is_file()
+    steps = []
+    heal(pruned, resumed, HealConfig(**QUICK), emit=lambda kind, **f: steps.append(f.get("step")) if kind == "step" else None)
+    assert steps == [4, 5, 6]
+    assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
+    other, stop = tmp_path / "other", threading.Event()
+    with pytest.raises(Stopped):
+        heal(pruned, other, HealConfig(**QUICK), emit=stop_at_three, stop=stop)
+    with pytest.raises(UserError, match="other settings"):  # a state of other settings is not mixed in
+        heal(pruned, other, HealConfig(**{**QUICK, "lr": 1e-2}))
+
+
+def test_healing_lowers_the_loss_it_trains_on(pruned, tmp_path):
+    cfg = HealConfig(**{**QUICK, "steps": 24, "lr": 5e-3})
+    out = tmp_path / "healed"
+    heal(pruned, out, cfg)
+
+    def mean_loss(folder) -> float:
+        model, tokenizer = load_pruned(folder, dtype=torch.float32)
+        blocks = calibration_blocks(cfg.data, tokenizer, cfg.samples, cfg.block_len)
+        with torch.no_grad():
+            return sum(model(input_ids=b[None], labels=b[None]).loss.item() for b in blocks) / len(blocks)
+
+    assert mean_loss(out) < mean_loss(pruned) - 0.05
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"steps": 0}, "--steps must be at least 1"),
+    ({"distill": 2.0}, "--distill is a loss weight"),
+    ({"lr": 0.0}, "--lr must be positive"),
+    ({"minutes": -1.0}, "--minutes must be positive"),
+])
+def test_bad_settings_are_one_line_errors(settings, message, pruned, tmp_path):
+    with pytest.raises(UserError, match=message):
+        heal(pruned, tmp_path / "out", HealConfig(**{**QUICK, **settings}))
+
+
+def test_the_cli_refuses_a_folder_that_is_no_checkpoint_and_its_own_source(pruned, tmp_path):
+    done = run_cli("heal", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "is not a GRASPrune checkpoint" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("heal", str(pruned), "--out", str(pruned))
+    assert done.returncode == 2 and "another folder" in done.stderr
+
+
+def test_the_heal_benchmark_measures_before_and_at_each_mark(pruned, tmp_path):
+    from bench.heal import main
+
+    assert main(["--checkpoints", str(pruned), "--marks", "0.01,0.02", "--seqlen", "32", "--windows", "2",
+                 "--threads", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "heal.json").read_text())
+    points = result["rows"][0]["points"]
+    assert [p["minutes"] >= m for p, m in zip(points, (0, 0.01, 0.02), strict=True)] == [True] * 3
+    assert points[0]["steps"] == 0 < points[1]["steps"] <= points[2]["steps"]
+    assert all(p["wikitext2"] > 1 for p in points) and "| grasprune keep 0.6" in (tmp_path / "heal.md").read_text()
