@@ -158,6 +158,7 @@ class FakeJob:
         self.run.set_status("stopped", message="the load test ended")
 
 
+@pytest.mark.heavy  # 1.5 min; `python -m bench.memory_soak` runs the same measurement for an hour
 def test_server_memory_stays_flat_under_live_view_polling(server, tiny_model_dir):
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install-dev)")
     ensure_chromium()
