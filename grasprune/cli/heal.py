@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
 import threading
 
 from grasprune.cli.options import number
+from grasprune.cli.signals import stop_on_signals
 from grasprune.method.heal import HealConfig
 
 HELP = {
@@ -48,8 +48,7 @@ def run(args) -> int:
 
     cfg = HealConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(HealConfig)})
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop_on_signals(stop)
     try:
         report = heal(args.dir, args.out, cfg, emit=progress_printer(cfg), stop=stop, overwrite=args.overwrite,
                       restart=args.restart)

@@ -6,13 +6,13 @@ import argparse
 import dataclasses
 import json
 import shlex
-import signal
 import sys
 import threading
 from pathlib import Path
 
 from grasprune.cli import heal as cli_heal
 from grasprune.cli.options import add_config_options, config_overrides, number
+from grasprune.cli.signals import stop_on_signals
 from grasprune.config import CPU_DEFAULTS, GPU_DEFAULTS, PruneConfig
 from grasprune.errors import UserError
 from grasprune.scaleout.allocator import keep_freed_memory
@@ -57,7 +57,7 @@ def run_prune(args) -> int:
     from grasprune.scaleout.distributed import join_process_group
 
     if not join_process_group().is_main:  # under torchrun: ranks 1.. follow rank 0's run
-        return follow_rank0(prune_run, _stop_on_signals)
+        return follow_rank0(prune_run, stop_on_signals)
     if args.resume:
         run = open_run(args.resume, Path(args.runs_dir).resolve() if args.runs_dir else None)
         config = run.config()
@@ -79,26 +79,13 @@ def run_prune(args) -> int:
     share_run(run)
     print(f"run folder: {run.folder}", file=sys.stderr)
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     from grasprune.runs.progress import follow_events
 
     with follow_events(run):
         report = prune_run(run, stop=stop, overwrite=args.overwrite or bool(args.resume))
     print_summary(report, run)
     return 0
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT ask training to stop after the current step (checkpointed, resumable)."""
-
-    def handler(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping after this step (again to abort)...", file=sys.stderr)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
 
 
 def config_defaults_note(config: PruneConfig) -> None:
