@@ -20,7 +20,7 @@ import fcntl
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-len", type=int, default=256)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--rescale-samples", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", type=csv(int), default=[0],
+                   help="seeds of every pruned entry (0,1,2 runs each entry three times, all keep ratios for "
+                        "one seed before the next seed)")
     p.add_argument("--dtype", default="auto", help="training dtype (auto: bf16 where the CPU has bf16 matmul)")
     p.add_argument("--datasets", type=csv(), default=["wikitext2", "ptb"])
     p.add_argument("--seqlen", type=int, default=512)
@@ -71,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, default=Path("runs/bench-quality"))
     p.add_argument("--keep-checkpoints", choices=("grasprune", "all", "none"), default="grasprune",
                    help="which exported checkpoints to keep for bench.speed (others are deleted after evaluation)")
+    p.add_argument("--keep-checkpoints-at", type=csv(float), default=None,
+                   help="keep checkpoints only at these keep ratios (default: every ratio)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
@@ -86,21 +90,22 @@ def planned(args: argparse.Namespace) -> list[dict]:
     evaluation = {"datasets": args.datasets, "seqlen": args.seqlen, "windows": args.limit_windows}
     grid = [{"model": args.model, "method": "dense", **evaluation}]
     variants = [DEFAULT_VARIANT if v == "default" else v for v in args.variants]
-    for keep in args.keep_ratios:
-        for method in args.methods:
-            for rescale in (1,) if method == "grasprune" else RESCALE_CHOICES[args.rescale]:
-                entry = {
-                    "model": args.model, "method": method, "keep_ratio": keep, "rescale_epochs": rescale,
-                    "calib_data": args.calib_data, "rescale_data": args.rescale_data,
-                    "calib_samples": args.calib_samples, "block_len": args.block_len, "epochs": args.epochs,
-                    "rescale_samples": args.rescale_samples, "seed": args.seed, "dtype": args.dtype,
-                    **evaluation,
-                }
-                if method != "grasprune":  # the variant matters only to the scale calibration
-                    grid.append({**entry, "variant": BASELINE_SCALES_VARIANT} if rescale else entry)
-                    continue
-                grid += [{**entry, "variant": variant, **projection_identity(variant)}
-                         for variant in dict.fromkeys(variants)]
+    for seed in args.seeds:
+        for keep in args.keep_ratios:
+            for method in args.methods:
+                for rescale in (1,) if method == "grasprune" else RESCALE_CHOICES[args.rescale]:
+                    entry = {
+                        "model": args.model, "method": method, "keep_ratio": keep, "rescale_epochs": rescale,
+                        "calib_data": args.calib_data, "rescale_data": args.rescale_data,
+                        "calib_samples": args.calib_samples, "block_len": args.block_len, "epochs": args.epochs,
+                        "rescale_samples": args.rescale_samples, "seed": seed, "dtype": args.dtype,
+                        **evaluation,
+                    }
+                    if method != "grasprune":  # the variant matters only to the scale calibration
+                        grid.append({**entry, "variant": BASELINE_SCALES_VARIANT} if rescale else entry)
+                        continue
+                    grid += [{**entry, "variant": variant, **projection_identity(variant)}
+                             for variant in dict.fromkeys(variants)]
     return grid
 
 
@@ -112,11 +117,27 @@ def projection_identity(variant: str) -> dict:
 
 
 def label(settings: dict) -> str:
+    """The entry's row name; seeds other than 0 are named (seed 0's rows keep their old names)."""
     if settings["method"] == "dense":
         return "dense"
+    seed = f" seed {settings['seed']}" if settings.get("seed") else ""
     if settings["method"] == "grasprune":
-        return f"grasprune ({settings['variant']})"
-    return settings["method"] + (" +scales" if settings["rescale_epochs"] else " one-shot")
+        return f"grasprune ({settings['variant']}){seed}"
+    return settings["method"] + (" +scales" if settings["rescale_epochs"] else " one-shot") + seed
+
+
+def checkpoint_name(settings: dict) -> str:
+    """The entry's checkpoint folder: unique per method, keep ratio, scales, variant and seed."""
+    name = f"{settings['method']}-keep{settings['keep_ratio']}-rescale{settings['rescale_epochs']}"
+    if settings["method"] == "grasprune":
+        name += f"-{settings['variant']}"
+    return name + (f"-seed{settings['seed']}" if settings["seed"] else "")
+
+
+def keeps_checkpoint(settings: dict, args: argparse.Namespace) -> bool:
+    if args.keep_checkpoints == "none" or (args.keep_checkpoints == "grasprune" and settings["method"] != "grasprune"):
+        return False
+    return args.keep_checkpoints_at is None or settings["keep_ratio"] in args.keep_checkpoints_at
 
 
 def dense_entry(settings: dict) -> dict:
@@ -143,16 +164,13 @@ def pruned_entry(settings: dict, args: argparse.Namespace) -> dict:
         eval_seqlen=settings["seqlen"], eval_windows=settings["windows"],
         eval_dense=False,  # the grid's own dense entry measures it, timed on its own row
     )
-    name = f"{settings['method']}-keep{settings['keep_ratio']}-rescale{settings['rescale_epochs']}"
-    if settings["method"] == "grasprune":
-        name += f"-{settings['variant']}"
-    out = (args.runs_dir / "checkpoints" / name).resolve()
+    out = (args.runs_dir / "checkpoints" / checkpoint_name(settings)).resolve()
     run = unfinished_run(config, args.runs_dir.resolve(), out)
     resumed = run is not None
     run = run or create_run(config, root=args.runs_dir.resolve(), out=out)
     report = prune_run(run, overwrite=True)
     eval_dtype = json.loads((out / "config.json").read_text()).get("dtype")
-    if args.keep_checkpoints == "none" or (args.keep_checkpoints == "grasprune" and config.method != "grasprune"):
+    if not keeps_checkpoint(settings, args):
         shutil.rmtree(out)
         out = None
     return {"params": report["params"], "metrics": {d: m["ppl"] for d, m in (
@@ -191,7 +209,10 @@ def locked(json_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def add_entry(json_path: Path, entry: dict, reports: Path | None = None) -> None:
+Reports = Callable[[list[dict], Path], None]
+
+
+def add_entry(json_path: Path, entry: dict, reports: Path | None = None, write: Reports | None = None) -> None:
     """Append ``entry`` to the results file as it is now on disk, and redraw the reports in ``reports``
     from all its entries (under the same lock, so the last report drawn holds every entry)."""
     with locked(json_path):
@@ -199,7 +220,7 @@ def add_entry(json_path: Path, entry: dict, reports: Path | None = None) -> None
         results["entries"].append(entry)
         write_json_atomic(json_path, results)
         if reports is not None:
-            write_reports(results["entries"], reports)
+            (write or write_reports)(results["entries"], reports)
 
 
 def done_settings(json_path: Path) -> list[dict]:
@@ -207,8 +228,10 @@ def done_settings(json_path: Path) -> list[dict]:
         return [entry["settings"] for entry in load_results(json_path)["entries"]]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, write: Reports | None = None) -> int:
+    """Fill the grid; ``write`` draws the reports from the entries (default: quality.md and quality.png)."""
     args = parse_args(argv)
+    write = write or write_reports
     set_threads(args.threads)
     keep_freed_memory()  # as `grasprune prune` does, so the stage times are the CLI's
     json_path = args.out / "quality.json"
@@ -220,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         entry = dense_entry(settings) if settings["method"] == "dense" else pruned_entry(settings, args)
         conditions = setting(settings["model"], entry["eval_dtype"], train_dtype=entry.get("train_dtype"))
         add_entry(json_path, {"settings": settings, "label": label(settings), **entry,
-                              "wall_s": round(time.perf_counter() - started, 2), "setting": conditions}, args.out)
+                              "wall_s": round(time.perf_counter() - started, 2), "setting": conditions}, args.out, write)
         print(f"[bench.quality]   {entry['metrics']} ({describe(conditions)})", flush=True)
     with locked(json_path):
         entries = load_results(json_path)["entries"]
         if entries:
-            write_reports(entries, args.out)
+            write(entries, args.out)
     return 0
 
 

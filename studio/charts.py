@@ -136,3 +136,14 @@ def loss_compare_figure(curves: dict[str, list[tuple[int, float]]]) -> go.Figure
             fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name=name))
     fig.update_layout(title="Gate-training loss", xaxis_title="step", yaxis_title="next-token loss")
     return _compact(fig, "compare-loss")
+
+
+def heal_loss_figure(points: list[tuple[int, float]], distill: float = 0.0) -> go.Figure:
+    """A heal's training loss per step (LoRA on the pruned checkpoint)."""
+    fig = go.Figure()
+    if points:
+        steps, losses = zip(*_thin(points), strict=True)
+        fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name="training loss"))
+    label = "next-token loss" if distill == 0 else f"{1 - distill:g} × next-token + {distill:g} × KL to the dense"
+    fig.update_layout(title="Healing loss", xaxis_title="step", yaxis_title=label, showlegend=False)
+    return _compact(fig, "heal-loss")

@@ -24,7 +24,9 @@ PAGES = {
     "runs": "app_pages/runs.py",
     "inspect": "app_pages/inspect.py",
     "evaluate": "app_pages/evaluate.py",
+    "heal": "app_pages/heal.py",
     "export": "app_pages/export.py",
+    "results": "app_pages/results.py",
     "explain": "app_pages/explain.py",
 }
 

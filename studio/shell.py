@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
+from . import heal_jobs
 from .common import PAGES, jobs, root, shown_errors
 
 TITLES = {"home": "Home", "prune": "Prune", "runs": "Runs", "inspect": "Inspect", "evaluate": "Evaluate",
-          "export": "Export", "explain": "Explain"}
+          "heal": "Heal", "export": "Export", "results": "Results", "explain": "Explain"}
 ICONS = {"home": ":material/home:", "prune": ":material/content_cut:", "runs": ":material/list:",
-         "inspect": ":material/grid_on:", "evaluate": ":material/bar_chart:", "export": ":material/download:",
-         "explain": ":material/school:"}
+         "inspect": ":material/grid_on:", "evaluate": ":material/bar_chart:", "heal": ":material/healing:",
+         "export": ":material/download:", "results": ":material/monitoring:", "explain": ":material/school:"}
 
 
 def sidebar() -> None:
@@ -19,10 +20,14 @@ def sidebar() -> None:
         state = jobs().state()
         running = state["running"]
         queued = sum(len(q) for q in state["queues"].values())
+        healing = heal_jobs.registry().running()
         if running:
             st.page_link(PAGES["prune"], label=f"Running: {running[0]}", icon=":material/play_arrow:",
                          query_params={"run": running[0]})
-        else:
+        if healing:
+            st.page_link(PAGES["heal"], label=f"Healing: {healing}", icon=ICONS["heal"],
+                         query_params={"heal": healing})
+        if not running and not healing:
             st.caption("No job running.")
         if queued:
             st.caption(f"{queued} queued")

@@ -1,4 +1,4 @@
-"""The ``grasprune prune`` command line equivalent to a prune config (the app shows it)."""
+"""The ``grasprune prune`` and ``grasprune heal`` command lines equivalent to the app's settings (it shows them)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from pathlib import Path
 
 from grasprune.cli.options import flag_of, negated
 from grasprune.config import PruneConfig
+from grasprune.method.heal import HealConfig
 
-# The settings a user picks on the Prune page are always written; any other only when not default.
+# The settings a user picks on the Prune (Heal) page are always written; any other only when not default.
 ALWAYS = ("model", "keep_ratio", "calib_data", "calib_samples", "block_len", "epochs", "rescale_samples", "seed",
           "device")
+HEAL_ALWAYS = ("steps", "lr", "rank", "data", "samples")
 
 
 def _value(value) -> str:
@@ -36,3 +38,21 @@ def prune_command(config: PruneConfig, out: Path | None = None) -> str:
     if out is not None:
         args += ["--out", str(out)]
     return shlex.join(args)
+
+
+def heal_args(source: Path | str, out: Path | str, cfg: HealConfig, overwrite: bool = False,
+              restart: bool = False) -> list[str]:
+    """``heal ...``: the arguments of the ``grasprune heal`` run of these settings (the studio's job runs them)."""
+    default = HealConfig()
+    args = ["heal", str(source), "--out", str(out)]
+    for field in dataclasses.fields(HealConfig):
+        value = getattr(cfg, field.name)
+        if value is None or (field.name not in HEAL_ALWAYS and value == getattr(default, field.name)):
+            continue
+        args += ["--" + field.name.replace("_", "-"), str(value)]
+    return args + ["--overwrite"] * overwrite + ["--restart"] * restart
+
+
+def heal_command(source: Path | str, out: Path | str, cfg: HealConfig, overwrite: bool = False,
+                 restart: bool = False) -> str:
+    return shlex.join(["grasprune", *heal_args(source, out, cfg, overwrite, restart)])

@@ -6,9 +6,12 @@ import argparse
 import dataclasses
 import sys
 import threading
+from pathlib import Path
 
 from grasprune.cli.options import number
 from grasprune.cli.signals import stop_on_signals
+from grasprune.errors import UserError
+from grasprune.events import Emit, EventLog
 from grasprune.method.heal import HealConfig
 
 HELP = {
@@ -39,6 +42,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help=HELP[field.name] + ("" if default is None else f" (default {default})").replace("%", "%%"))
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--restart", action="store_true", help="discard a stopped heal's saved state and start over")
+    p.add_argument("--events", metavar="FILE", help="append the progress to FILE as JSON lines, one event each "
+                   "(phase; step with loss and training seconds; stopped; done; error): what the studio reads")
     return p
 
 
@@ -47,17 +52,42 @@ def run(args) -> int:
     from grasprune.method.heal import heal
 
     cfg = HealConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(HealConfig)})
+    log = event_log(args.events)
+    emit = progress_printer(cfg) if log is None else both(progress_printer(cfg), log.emit)
     stop = threading.Event()
     stop_on_signals(stop)
     try:
-        report = heal(args.dir, args.out, cfg, emit=progress_printer(cfg), stop=stop, overwrite=args.overwrite,
-                      restart=args.restart)
+        report = heal(args.dir, args.out, cfg, emit=emit, stop=stop, overwrite=args.overwrite, restart=args.restart)
     except Stopped as err:
         print(f"{err}: run the same command again to resume", file=sys.stderr)
         return 3
+    except Exception as err:
+        if log is not None:  # the reader of the file learns why the process ended
+            log.emit("error", message=str(err).splitlines()[0] if str(err) else type(err).__name__,
+                     kind=type(err).__name__)
+        raise
     done = report["heal"]
     print(f"healed {done['steps']} steps in {done['elapsed_s']:.0f}s: {args.out}")
     return 0
+
+
+def event_log(path: str | None) -> EventLog | None:
+    if path is None:
+        return None
+    if Path(path).is_dir():
+        raise UserError(f"--events {path} is a folder: name a file to append the progress to")
+    try:
+        return EventLog(path)
+    except OSError as err:
+        raise UserError(f"cannot write --events {path}: {err.strerror}") from err
+
+
+def both(first: Emit, second: Emit) -> Emit:
+    def emit(kind: str, **fields) -> None:
+        first(kind, **fields)
+        second(kind, **fields)
+
+    return emit
 
 
 def progress_printer(cfg: HealConfig):

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from grasprune.atomic import write_atomic, write_folder_atomic, write_json_atomic
 from grasprune.config import DEFAULT_CALIB
-from grasprune.data import calibration_blocks
+from grasprune.data import calibration_blocks, check_sources
 from grasprune.errors import Stopped, UserError
 from grasprune.events import Emit, no_events
 from grasprune.method.export import checked_pruned_folder, load_pruned
@@ -116,14 +116,21 @@ class HealState:
         write_json_atomic(self.folder / "state.json", {"step": step, "elapsed_s": elapsed,
                                                         "settings": self.cfg.identity()})
 
-    def restore(self, params: dict, optimizer) -> tuple[int, float]:
+    def saved(self) -> dict | None:
+        """The saved step, time and settings (None before the first save); refused if of other settings."""
         info_path = self.folder / "state.json"
         if not info_path.is_file():
-            return 0, 0.0
+            return None
         info = json.loads(info_path.read_text())
         if info["settings"] != self.cfg.identity():
             raise UserError(f"{self.folder} holds a heal of other settings: pass the same settings to resume, or "
                             "--restart to discard it")
+        return info
+
+    def restore(self, params: dict, optimizer) -> tuple[int, float]:
+        info = self.saved()
+        if info is None:
+            return 0, 0.0
         tensors = load_file(str(self.folder / "state.safetensors"))
         with torch.no_grad():
             for name, p in params.items():
@@ -133,18 +140,33 @@ class HealState:
         return info["step"], info["elapsed_s"]
 
 
-def heal(source: str | Path, out: str | Path, cfg: HealConfig, emit: Emit = no_events,
-         stop: threading.Event | None = None, overwrite: bool = False, restart: bool = False) -> dict:
-    """Heal the checkpoint at ``source`` into ``out``; return the report written into its grasprune.json."""
+def check_heal(source: str | Path, out: str | Path, cfg: HealConfig, overwrite: bool = False,
+               restart: bool = False) -> tuple[Path, Path]:
+    """Everything a heal refuses before it loads a model, each in one line: the settings, the checkpoint, the
+    output folder, the training text and a saved state of other settings. Returns ``(source, out)`` resolved."""
     cfg.validate()
     source, out = checked_pruned_folder(source), Path(out).expanduser().resolve()
     if out == source:
         raise UserError("--out must be another folder than the checkpoint being healed")
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} exists: pass --overwrite or another --out")
+    if not restart:
+        HealState(state_folder(out), cfg).saved()
+    check_sources([cfg.data], [])
+    return source, out
+
+
+def heal(source: str | Path, out: str | Path, cfg: HealConfig, emit: Emit = no_events,
+         stop: threading.Event | None = None, overwrite: bool = False, restart: bool = False) -> dict:
+    """Heal the checkpoint at ``source`` into ``out``; return the report written into its grasprune.json.
+
+    ``emit`` gets the events a run's log has (``phase`` loading, healing, merging; ``step`` with the loss and
+    the training time so far; ``stopped``; ``done``): ``grasprune heal --events FILE`` appends them to FILE."""
+    source, out = check_heal(source, out, cfg, overwrite, restart)
     state = HealState(state_folder(out), cfg)
     if restart:
         shutil.rmtree(state.folder, ignore_errors=True)
+    emit("phase", phase="loading")
     model, tokenizer = load_pruned(source, dtype=torch.float32)
     blocks = calibration_blocks(cfg.data, tokenizer, cfg.samples, cfg.block_len)
     teacher = dense_teacher(source) if cfg.distill > 0 else None
@@ -154,11 +176,12 @@ def heal(source: str | Path, out: str | Path, cfg: HealConfig, emit: Emit = no_e
     step, elapsed = state.restore(params, optimizer)
     emit("phase", phase="healing", total=cfg.steps, resumed_at=step)
     losses, done = train_adapters(peft_model, blocks, teacher, optimizer, params, state, cfg, step, elapsed, emit, stop)
+    emit("phase", phase="merging")
     merged = peft_model.merge_and_unload()
     report = heal_report(source, cfg, done, losses)
     write_folder_atomic(out, lambda tmp: write_healed(source, tmp, merged, report), overwrite=True)
     shutil.rmtree(state.folder, ignore_errors=True)
-    emit("done", out=str(out), steps=done["steps"])
+    emit("done", out=str(out), steps=done["steps"], elapsed_s=done["elapsed_s"])
     return report
 
 
@@ -183,6 +206,7 @@ def train_adapters(model, blocks, teacher, optimizer, params, state: HealState, 
         if step % cfg.checkpoint_every == 0 or (stop is not None and stop.is_set()):
             state.save(params, optimizer, step, spent)
         if stop is not None and stop.is_set():
+            emit("stopped", phase="healing", step=step, total=cfg.steps)
             raise Stopped(f"stopped during healing at step {step} of {cfg.steps}")
         if out_of_time:
             break

@@ -1,0 +1,72 @@
+"""Results: the studies measured on this project's machines, each with the command that makes it.
+
+Read-only: the numbers come from the benchmarks' files (``bench/results``); nothing is run from here.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from studio.results_view import (
+    FOLDERS,
+    heal_figure,
+    heal_rows,
+    results_folder,
+    study_figure,
+    study_rows,
+    summaries,
+)
+
+INTRO = {
+    "keep": "How much quality each parameter count keeps: GRASPrune against the two best baselines of the "
+            "quality table (Taylor and Wanda-SP, both with our scale calibration), keep ratio 0.9 down to 0.2. "
+            "GRASPrune's points are the mean over seeds; the bars span the lowest and highest seed.",
+    "calibration": "How much calibration text GRASPrune needs, and whether its domain matters: gate training on "
+                   "16, 64 or 256 blocks of WikiText-2 or of C4, every checkpoint evaluated on both.",
+    "kvcache": "What pruning KV-head groups does at long context: the KV cache's size after the prompt and the "
+               "speed of decoding one token at a time, dense against pruned (keep 0.5).",
+}
+COMMANDS = {
+    "keep": "python -m bench.study keep            # then: python -m bench.study report",
+    "calibration": "GRASPRUNE_DATA=../shared/data python -m bench.study calibration",
+    "kvcache": "python -m bench.study kvcache        # after the keep sweep: its keep-0.5 checkpoints",
+}
+HEAL_COMMAND = "python -m bench.heal --checkpoints DIR ... --marks 5,15,30"
+
+
+def study(name: str, summary: dict | None) -> None:
+    title = summary["title"] if summary else FOLDERS[name]
+    st.subheader(title)
+    st.caption(INTRO[name])
+    st.code(COMMANDS[name], language="bash")
+    if summary is None:
+        st.info(f"Not measured yet: the command above writes `bench/results/{FOLDERS[name]}/summary.json`.")
+        return
+    st.plotly_chart(study_figure(summary), key=f"results_{name}")
+    st.caption(summary.get("setting", ""))
+    st.dataframe(study_rows(summary), hide_index=True)
+
+
+def healing(rows: list[dict]) -> None:
+    st.subheader("Healing: perplexity against minutes of LoRA")
+    st.caption("`grasprune heal` on pruned checkpoints, WikiText-2 perplexity before and after each mark of "
+               "training time (the Heal page runs the same).")
+    st.code(HEAL_COMMAND, language="bash")
+    if not rows:
+        st.info("Not measured yet: the command above writes `bench/results/heal-DATE/heal.json`.")
+        return
+    st.plotly_chart(heal_figure(rows), key="results_heal")
+
+
+def main() -> None:
+    st.title("Results")
+    folder = results_folder()
+    st.caption(f"Measured on CPU with the embedded SmolLM2-135M; read from `{folder}`. "
+               "Every table of the benchmarks is also in docs/results.md.")
+    found = summaries(folder)
+    for name in FOLDERS:
+        study(name, found.get(name))
+    healing(heal_rows(folder))
+
+
+main()
