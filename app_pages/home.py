@@ -19,6 +19,7 @@ STEPS = {
     "prune": "choose a model and a keep ratio, start a run and watch the gates train.",
     "inspect": "what each layer kept: mask heatmaps, kept counts per layer, gate scores.",
     "evaluate": "dense against pruned: perplexity, zero-shot accuracy, generated text.",
+    "heal": "optional: a short LoRA fine-tune that wins back part of the lost quality, merged in.",
     "export": "the checkpoint as one file, with the two lines of Python that load it.",
 }
 OUT = Path("pruned-0.7")
@@ -38,7 +39,7 @@ def introduction() -> None:
 
 
 def flow() -> None:
-    st.subheader("Prune → Inspect → Evaluate → Export")
+    st.subheader("Prune → Inspect → Evaluate → Heal → Export")
     for column, (name, what) in zip(st.columns(len(STEPS)), STEPS.items(), strict=True):
         column.page_link(PAGES[name], label=TITLES[name], icon=ICONS[name])
         column.caption(what)
@@ -47,6 +48,10 @@ def flow() -> None:
     st.markdown("New to structured pruning? **Explain** runs the method step by step on a model small "
                 "enough to follow: the ranking and the budget line, single gate-training steps, the scales.")
     st.page_link(PAGES["explain"], label=TITLES["explain"], icon=ICONS["explain"])
+    st.markdown("Choosing a budget? **Results** plots what this project measured: perplexity against "
+                "parameters from keep 0.9 to 0.2 (over seeds, against the best baselines), calibration size and "
+                "domain, KV-cache size and decode speed at long context, and healing over time.")
+    st.page_link(PAGES["results"], label=TITLES["results"], icon=ICONS["results"])
 
 
 def recent_runs() -> None:

@@ -352,7 +352,7 @@ def test_home_says_what_grasprune_does_and_links_the_flow_the_runs_and_the_cli(r
                   "dense checkpoint", "AutoModelForCausalLM.from_pretrained"):
         assert words in intro
     links = {link.value: (link.proto.page, link.proto.query_string) for link in at.get("page_link")}
-    for title in ("Prune", "Inspect", "Evaluate", "Export", "Explain"):
+    for title in ("Prune", "Inspect", "Evaluate", "Heal", "Export", "Explain", "Results"):
         assert links[title][0].endswith(title.lower()), links
     assert links[describe_run(runs_dir, run_id)] == (links["Prune"][0], f"run={run_id}")  # the runs so far
     assert "1 run, 1 completed" in " ".join(c.value for c in at.caption)

@@ -65,7 +65,7 @@ def test_prune_live_refresh_stop_resume_evaluate_download(server, tiny_model_dir
         settle(page, 120_000)
         page.get_by_role("heading", name="GRASPrune Studio").first.wait_for()
         landing = page.locator("[data-testid='stMain']").inner_text()
-        for words in ("one global parameter budget", "Prune → Inspect → Evaluate → Export", "Explain"):
+        for words in ("one global parameter budget", "Prune → Inspect → Evaluate → Heal → Export", "Explain"):
             assert words in landing, landing
         page.locator(".st-key-home_start button").click()
         page.locator(".st-key-prune_model input").wait_for(timeout=120_000)

@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_gguf import F32_TOLERANCE, llama_cpp_logits, needs_llama_cpp, relative_error, transformers_logits
 
 from grasprune.data import calibration_blocks
 from grasprune.errors import Stopped, UserError
@@ -134,3 +135,17 @@ def test_the_heal_benchmark_measures_before_and_at_each_mark(pruned, tmp_path):
     assert [p["minutes"] >= m for p, m in zip(points, (0, 0.01, 0.02), strict=True)] == [True] * 3
     assert points[0]["steps"] == 0 < points[1]["steps"] <= points[2]["steps"]
     assert all(p["wikitext2"] > 1 for p in points) and "| grasprune keep 0.6" in (tmp_path / "heal.md").read_text()
+
+
+@needs_llama_cpp
+def test_a_healed_checkpoint_exports_to_gguf_and_runs_in_llama_cpp_as_in_transformers(pruned, tmp_path):
+    """Healing keeps the checkpoint format, so everything downstream works on it: here GGUF and llama.cpp."""
+    healed = tmp_path / "healed"
+    heal(pruned, healed, HealConfig(**QUICK))
+    done = run_cli("export", str(healed), "--format", "gguf", "--type", "f32", "--out", str(tmp_path / "gguf"))
+    assert done.returncode == 0, done.stderr
+    gguf_file = next((tmp_path / "gguf").glob("*.gguf"))
+    ids = list(range(1, 41))
+    expected = transformers_logits(healed, ids)
+    assert relative_error(llama_cpp_logits(gguf_file, ids), expected) < F32_TOLERANCE
+    assert relative_error(transformers_logits(pruned, ids), expected) > F32_TOLERANCE  # the healed weights, not the source's
