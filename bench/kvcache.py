@@ -166,7 +166,8 @@ def summarise(results: dict) -> dict:
 
 
 def plot(summary: dict, path: Path) -> Path | None:
-    from .study_report import _errorbar, _pyplot, _save
+    from .quality_report import save_figure
+    from .study_report import _errorbar, _pyplot
 
     plt = _pyplot()
     if plt is None or not summary["points"]:
@@ -185,7 +186,7 @@ def plot(summary: dict, path: Path) -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{summary['title']}\n{summary['setting']}", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def write_reports(results: dict, folder: Path) -> dict:

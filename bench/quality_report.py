@@ -119,6 +119,11 @@ def plot(entries: list[dict], path: Path) -> Path | None:
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(_conditions(entries), fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return save_figure(fig, plt, path)
+
+
+def save_figure(fig, plt, path: Path) -> Path:
+    """Draw ``fig`` into a temporary PNG beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=130)

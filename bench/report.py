@@ -22,7 +22,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the studies' tables as part of bench
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import study_tables  # noqa: E402 - standard library only, like this module
+from bench import study_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

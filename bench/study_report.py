@@ -15,6 +15,7 @@ from pathlib import Path
 from grasprune.atomic import write_json_atomic, write_text_atomic
 
 from .common import describe
+from .quality_report import save_figure
 from .study_tables import markdown, metric_order
 
 COMMANDS = {
@@ -151,16 +152,7 @@ def plot(summary: dict, path: Path) -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{summary['title']}\n{summary['setting']}", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
-    return _save(fig, plt, path)
-
-
-def _save(fig, plt, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, plt, path)
 
 
 def write_study(study: str, entries: list[dict], folder: Path) -> dict:

@@ -36,8 +36,8 @@ def perplexity_table(summary: dict) -> list[str]:
 
 
 def kvcache_table(summary: dict) -> list[str]:
-    lines = ["| model | seeds | context (tokens) | KV cache (MiB) | decode tokens/s | decode speed-up vs dense "
-             "| prefill (s) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [("| model | seeds | context (tokens) | KV cache (MiB) | decode tokens/s | decode speed-up vs dense "
+             "| prefill (s) |"), "|---|---:|---:|---:|---:|---:|---:|"]
     for p in sorted(summary["points"], key=lambda p: (p["x"], p["group"] != "dense", p["group"])):
         m = p["metrics"]
         lines.append(f"| {p['group']} | {seeds(p)} | {p['x']} | {cell(m['kv_cache_mib'], 1)} | "

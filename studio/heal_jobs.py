@@ -13,7 +13,6 @@ earlier server process is known through its folder (its pid, its events). No Str
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import json
 import os
@@ -22,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from grasprune.cli.command import heal_args, heal_command
 from grasprune.errors import UserError
 from grasprune.events import read_new_events
 from grasprune.method.heal import HealConfig
-from grasprune.runs.jobs import LOG_NAME, REPO_ROOT, STOP_GRACE_S
+from grasprune.runs.jobs import LOG_NAME, REPO_ROOT, STOP_GRACE_S, process_wide, signal_group
 from grasprune.runs.store import RUN_ID, new_run_id
 from grasprune.runs.timeline import Timeline
 
@@ -214,7 +214,7 @@ class HealJobs:
             proc = self._procs.get(job.id)
             if proc is not None and proc.poll() is None:
                 self._mark_stop(job)
-                _signal_group(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
                 threading.Thread(target=self._kill_later, args=(proc,), daemon=True).start()
                 return True
             if orphan_alive(job):
@@ -274,13 +274,13 @@ class HealJobs:
         with self._lock:
             procs = [proc for proc in self._procs.values() if proc.poll() is None]
         for proc in procs:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + wait_s
         for proc in procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
 
     def _running(self) -> str | None:
         return next((job_id for job_id, proc in self._procs.items() if proc.poll() is None), None)
@@ -317,25 +317,7 @@ class HealJobs:
         try:
             proc.wait(timeout=self.stop_grace_s)
         except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-_REGISTRY: HealJobs | None = None
-_REGISTRY_LOCK = threading.Lock()
-
-
-def registry() -> HealJobs:
-    """The one heal registry of this process (created on first use; its heals are stopped at exit)."""
-    global _REGISTRY
-    with _REGISTRY_LOCK:
-        if _REGISTRY is None:
-            _REGISTRY = HealJobs()
-            atexit.register(_REGISTRY.shutdown)
-        return _REGISTRY
+registry: Callable[[], HealJobs] = process_wide(HealJobs)

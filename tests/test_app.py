@@ -19,6 +19,7 @@ from grasprune.errors import UserError
 from grasprune.runs import evaluations
 from grasprune.runs import jobs as jobs_module
 from grasprune.runs.store import create_run, list_runs, run_in_root
+from studio import heal_jobs
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PRUNE = "app_pages/prune.py"
@@ -33,6 +34,7 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     st.cache_data.clear()
     yield tmp_path
     jobs_module.registry().shutdown()
+    heal_jobs.registry().shutdown()
     st.cache_resource.clear()
 
 

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
+from test_app import app as studio_page
+from test_app import errors, runs_dir  # noqa: F401 - runs_dir: a fixture (a fresh runs folder, jobs stopped after)
 from test_heal import pruned  # noqa: F401 - a fixture: the tiny pruned checkpoint test_heal.py heals
 
 from grasprune.cli.command import heal_command
@@ -29,29 +30,9 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 HEAL = "app_pages/heal.py"
 
 
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "runs"
-    monkeypatch.setenv("GRASPRUNE_RUNS", str(root))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield root
-    heal_jobs.registry().shutdown()
-    st.cache_resource.clear()
-
-
 def app() -> AppTest:
     """A fresh session (a new tab) on the Heal page."""
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page(HEAL)
-    at.run()
-    return at
-
-
-def errors(at: AppTest) -> list[str]:
-    assert not at.exception, at.exception
-    return [e.value for e in at.error]
+    return studio_page(HEAL)
 
 
 def poll(at: AppTest, done, what: str, timeout: float = 120) -> AppTest:
@@ -205,18 +186,19 @@ def test_a_completed_run_is_offered_and_heals_beside_its_checkpoint(runs_dir, pr
     assert command.startswith(f"grasprune heal {checkpoint} --out {checkpoint}-healed --steps 600")
 
 
-def test_bad_input_is_one_line_and_starts_nothing(runs_dir, pruned, tmp_path):  # noqa: F811
+def test_bad_input_is_one_line_and_starts_nothing(runs_dir, pruned, tmp_path_factory):  # noqa: F811
+    outside = tmp_path_factory.mktemp("outside-the-runs-folder")
     at = app()
     at.button(key="heal_start").click().run()
     assert errors(at) == ["choose a pruned checkpoint: a completed run, or the path of a checkpoint folder"]
     at.radio(key="heal_source_kind").set_value("path").run()
     (runs_dir / "taken").mkdir(parents=True)
     cases = [
-        ({"heal_path": str(tmp_path)}, "is not a GRASPrune checkpoint"),
+        ({"heal_path": str(outside)}, "is not a GRASPrune checkpoint"),
         ({"heal_path": str(pruned), "heal_out": str(runs_dir / "taken")}, "exists: pass --overwrite"),
-        ({"heal_path": str(pruned), "heal_out": str(tmp_path / "elsewhere")}, "is outside the runs folder"),
+        ({"heal_path": str(pruned), "heal_out": str(outside / "elsewhere")}, "is outside the runs folder"),
         ({"heal_path": str(pruned), "heal_out": str(pruned)}, "another folder than the checkpoint"),
-        ({"heal_path": str(pruned), "heal_out": "", "heal_data": str(tmp_path / "missing.txt")}, "missing.txt"),
+        ({"heal_path": str(pruned), "heal_out": "", "heal_data": str(outside / "missing.txt")}, "missing.txt"),
         # replacing: only an earlier healed checkpoint, never a run folder or the runs folder
         ({"heal_data": "wikitext2", "heal_out": str(runs_dir / "taken"), "heal_overwrite": True},
          "exists and is no healed checkpoint"),

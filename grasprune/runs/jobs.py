@@ -21,11 +21,15 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from grasprune.errors import UserError
 from grasprune.runs.store import Run
+
+T = TypeVar("T")
 
 STOP_GRACE_S = 15.0
 LOG_NAME = "job.log"
@@ -104,7 +108,7 @@ class JobRegistry:
             proc = self._procs.get(run_id)
             if job is not None and proc is not None and job.state == "running":
                 job.stopping = True
-                _signal_group(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
                 threading.Thread(target=self._kill_later, args=(proc,), daemon=True).start()
                 return True
             folder = job.folder if job is not None else None
@@ -114,7 +118,7 @@ class JobRegistry:
         try:
             proc.wait(timeout=self.stop_grace_s)
         except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
 
     def job(self, run_id: str) -> Job | None:
         with self._lock:
@@ -237,7 +241,8 @@ def _launch(job: Job) -> subprocess.Popen:
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to a job's process group (its subprocesses too); a group already gone is no error."""
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
@@ -288,15 +293,19 @@ def process_rss(pid: int | None) -> int | None:
     return None
 
 
-_REGISTRY: JobRegistry | None = None
-_REGISTRY_LOCK = threading.Lock()
+def process_wide(factory: Callable[[], T]) -> Callable[[], T]:
+    """A getter of one object per process, made by ``factory`` on first use, its ``shutdown()`` run at exit:
+    a registry of background processes that every session of a server shares."""
+    lock, made = threading.Lock(), []
+
+    def get() -> T:
+        with lock:
+            if not made:
+                made.append(factory())
+                atexit.register(made[0].shutdown)
+            return made[0]
+
+    return get
 
 
-def registry() -> JobRegistry:
-    """The one registry of this process (created on first use; its jobs are stopped at exit)."""
-    global _REGISTRY
-    with _REGISTRY_LOCK:
-        if _REGISTRY is None:
-            _REGISTRY = JobRegistry()
-            atexit.register(_REGISTRY.shutdown)
-        return _REGISTRY
+registry: Callable[[], JobRegistry] = process_wide(JobRegistry)
