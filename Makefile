@@ -40,7 +40,7 @@ run: install
 	$(BIN)/streamlit run app.py --server.port $(PORT)
 
 test: install-dev browser
-	$(BIN)/python -m pytest -q -m "not heavy"
+	$(BIN)/python -m pytest -q -m "not heavy" --durations=25
 
 test-all: install-dev browser
 	$(BIN)/python -m pytest -q

@@ -55,7 +55,8 @@ def prune(model: Path, out: Path, runs: Path, code: Path | None, flags: list[str
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("variant", ["guided", "paper"])
+# the default variant in every suite; `paper` (also pinned step by step by tests/test_paper_variant.py) in make test-all
+@pytest.mark.parametrize("variant", ["guided", pytest.param("paper", marks=pytest.mark.heavy)])
 def test_a_short_run_is_bit_identical_to_the_reference_commit(variant, tiny_model_dir, tmp_path):
     code = reference_source(tmp_path / "reference")
     for name, source in (("reference", code), ("current", None)):
