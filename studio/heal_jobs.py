@@ -120,6 +120,20 @@ def heal_section(folder: Path) -> dict | None:
     return report.get("heal") if isinstance(report, dict) else None
 
 
+def latest_healed(root: Path, source: Path) -> HealJob | None:
+    """The newest heal of ``source`` (a run's checkpoint) that finished, its healed folder inside the runs
+    folder: the Evaluate page compares it with the dense and the pruned model."""
+    inside = Path(root).resolve()
+    for job in list_heal_jobs(root):
+        try:
+            same = job.source.resolve() == Path(source).resolve()
+        except (OSError, KeyError, json.JSONDecodeError):
+            continue
+        if same and job.out.resolve().is_relative_to(inside) and job.report() is not None:
+            return job
+    return None
+
+
 def jobs_folder(root: Path) -> Path:
     return Path(root).resolve() / FOLDER
 

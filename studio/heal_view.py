@@ -157,13 +157,15 @@ def _result(job: HealJob) -> None:
                 f"losses: {', '.join(f'{x:.4f}' for x in losses) or '–'}. The folder is a GRASPrune checkpoint "
                 "of the same shapes as the pruned one, the adapters merged into its weights.")
     out = shlex.quote(str(job.out))
-    st.markdown("**Next**: measure it and export it. The Evaluate and Export pages work on prune runs (the "
-                "pruned model before healing); for the healed folder, the same from a terminal:")
+    st.markdown("**Next**: measure it and export it. The Evaluate page compares a run's dense, pruned and newest "
+                "healed model; the Export page exports the run's pruned checkpoint. For the healed folder from a "
+                "terminal:")
     st.code(f"grasprune ppl --model {out} --dataset wikitext2 --seqlen 512 --max-windows 64\n"
             f"grasprune export {out} --format gguf --type q8_0 --out {shlex.quote(str(job.out) + '-gguf')}",
             language="bash")
     run_id = job.spec().get("run")
     query = {"run": run_id} if run_id else None
     cols = st.columns(2)
-    cols[0].page_link(PAGES["evaluate"], label="Evaluate the pruned run", query_params=query)
+    cols[0].page_link(PAGES["evaluate"], label="Evaluate: dense, pruned and healed" if run_id else "Evaluate a run",
+                      query_params=query)
     cols[1].page_link(PAGES["export"], label="Export the pruned run", query_params=query)

@@ -365,6 +365,31 @@ def test_home_says_what_grasprune_does_and_links_the_flow_the_runs_and_the_cli(r
     assert [t.value for t in at.title] == ["Prune"]
 
 
+def test_evaluate_page_adds_the_runs_newest_finished_heal(runs_dir, completed_run):
+    from grasprune.evaluation.perplexity import perplexity
+    from grasprune.method.export import load_pruned
+    from grasprune.method.heal import HealConfig, heal
+    from studio.heal_jobs import create_heal_job
+
+    run = run_in_root(with_run(runs_dir, completed_run), runs_dir)
+    cfg = HealConfig(steps=2, samples=2, block_len=16, lr=1e-2)
+    out = runs_dir / "healed" / "checkpoint-healed"
+    create_heal_job(runs_dir, run.output_dir(), out, cfg, run_id=run.id)
+    heal(run.output_dir(), out, cfg)
+    at = app("app_pages/evaluate.py", run.id)
+    at.multiselect(key="eval_datasets").set_value(["wikitext2"])
+    at.number_input(key="eval_seqlen").set_value(64)
+    at.number_input(key="eval_windows").set_value(1).run()
+    at.button(key="eval_ppl").click().run()
+    assert errors(at) == []
+    rows = at.dataframe[0].value
+    assert sorted(rows["model"]) == ["dense", "healed", "pruned"]
+    model, tokenizer = load_pruned(out)
+    expected = perplexity(model, tokenizer, "wikitext2", 64, 1).ppl
+    assert rows[rows["model"] == "healed"]["perplexity"].iloc[0] == pytest.approx(expected, rel=1e-3)
+    assert rows[rows["model"] == "healed"]["perplexity"].iloc[0] != rows[rows["model"] == "pruned"]["perplexity"].iloc[0]
+
+
 def describe_run(runs_dir: Path, run_id: str) -> str:
     from studio.common import describe
 

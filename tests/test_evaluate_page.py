@@ -1,6 +1,7 @@
 """The Evaluate page's baseline bars come from baseline runs' own reports at the same settings."""
 
 import importlib.util
+import sys
 
 from grasprune.atomic import write_json_atomic
 from grasprune.config import PruneConfig
@@ -27,6 +28,7 @@ def test_baseline_series_reads_matching_baseline_reports(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("evaluate_page", REPO / "app_pages" / "evaluate.py")
     source = (REPO / "app_pages" / "evaluate.py").read_text().replace("\nmain()\n", "\n")  # functions only, no page
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # where a dataclass of the page finds its module
     exec(compile(source, str(spec.origin), "exec"), module.__dict__)  # noqa: S102 - our own page file
     series = module.baseline_series(ours, ["wikitext2", "ptb"], 512, 8)
     assert series == {f"wanda-sp · keep 0.5 · {wanda.id}": [900.0, None]}
