@@ -14,7 +14,9 @@ from grasprune.config import (
     DEFAULT_VARIANT,
     DEVICE_MAPS,
     EXPERIMENTAL_VARIANTS,
+    LAYER_MINIMUMS,
     METHODS,
+    TIE_BREAKS,
     VARIANTS,
     PruneConfig,
     option_help,
@@ -136,15 +138,21 @@ def config_form() -> PruneConfig:
         a2.selectbox("FFN channel alignment", ALIGNS, key="prune_align",
                      format_func=lambda n: "off" if n == 1 else f"multiples of {n}",
                      help=option_help("align"))
+        tie_break = a3.selectbox("Tie-break", [None, *TIE_BREAKS], key="prune_tie_break",
+                                 format_func=lambda v: v or "the variant's", help=option_help("tie_break"))
+        layer_minimum = a3.selectbox("Layer minimum", [None, *LAYER_MINIMUMS], key="prune_layer_minimum",
+                                     format_func=lambda v: v or "the variant's", help=option_help("layer_minimum"))
         trust_remote_code = a3.checkbox("Trust remote code", False, key="prune_trust_remote_code",
                                         help=option_help("trust_remote_code"))
         device_map = device_map_input(a1)
-    config = PruneConfig(model=model, align=align, method=method, variant=variant, trust_remote_code=trust_remote_code, keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
-                       block_len=int(block_len), epochs=int(epochs), rescale_data=rescale_data,
-                       rescale_samples=int(rescale_samples), seed=int(seed), device=device, dtype=dtype,
-                       checkpoint_every=int(checkpoint_every), eval_datasets=list(eval_datasets),
-                       eval_seqlen=int(eval_seqlen), eval_windows=int(eval_windows), eval_dense=eval_dense,
-                       device_map=device_map)
+    config = PruneConfig(model=model, align=align, method=method, variant=variant, tie_break=tie_break,
+                         layer_minimum=layer_minimum, trust_remote_code=trust_remote_code,
+                         keep_ratio=float(keep_ratio), calib_data=calib, calib_samples=int(samples),
+                         block_len=int(block_len), epochs=int(epochs), rescale_data=rescale_data,
+                         rescale_samples=int(rescale_samples), seed=int(seed), device=device, dtype=dtype,
+                         checkpoint_every=int(checkpoint_every), eval_datasets=list(eval_datasets),
+                         eval_seqlen=int(eval_seqlen), eval_windows=int(eval_windows), eval_dense=eval_dense,
+                         device_map=device_map)
     with duration_slot:
         expected_duration_caption(config)
     return config

@@ -90,6 +90,18 @@ def test_prune_page_preselects_the_embedded_model_with_quick_cpu_defaults(runs_d
     assert "--model smollm2-135m --keep-ratio 0.7" in command and "--calib-samples 32" in command
 
 
+def test_prune_page_sets_the_projections_tie_break_and_layer_minimum(runs_dir, tiny_model_dir):
+    at = app()
+    at.text_input(key="prune_model").set_value(str(tiny_model_dir)).run()
+    shown = next(c.value for c in at.code if c.value.startswith("grasprune prune"))
+    assert "--tie-break" not in shown and "--layer-minimum" not in shown  # the variant's own rules
+    at.selectbox(key="prune_tie_break").set_value("index")
+    at.selectbox(key="prune_layer_minimum").set_value("after").run()
+    assert errors(at) == []
+    shown = next(c.value for c in at.code if c.value.startswith("grasprune prune"))
+    assert "--tie-break index" in shown and "--layer-minimum after" in shown
+
+
 def test_budget_preview_follows_the_slider(runs_dir, tiny_model_dir):
     at = app()
     at.text_input(key="prune_model").set_value(str(tiny_model_dir)).run()
