@@ -72,12 +72,9 @@ def main() -> None:
     out = folder.with_name(f"{folder.name}-{precision}")
     st.code(f"grasprune export {shlex.quote(str(folder))} --dtype {precision} --out {shlex.quote(str(out))}",
             language="bash")
-    if info is None and st.button("Prepare the archive", key="export_prepare", type="primary"):
-        with st.spinner("Writing the archive (once per precision; later downloads reuse it)…"):
-            try:
-                info = build_archive(run, root(), precision)
-            except UserError as err:
-                st.error(str(err))
+    if info is None:
+        info = prepare(run, precision, "Prepare the archive", "export_prepare",
+                       "Writing the archive (once per precision; later downloads reuse it)…")
     with sizes:
         show_sizes(run.config().model, folder, stored, precision, info)
     if info is None:
@@ -85,6 +82,19 @@ def main() -> None:
                    "folder.")
         return
     show_download(run.id, precision, info)
+
+
+def prepare(run, kind: str, label: str, button_key: str, doing: str) -> ArchiveInfo | None:
+    """A button that writes the run's archive of ``kind`` (a precision, or GGUF_PREFIX + a GGUF type) into its
+    folder; the archive's info once written, None before (a refusal is shown in one line)."""
+    if not st.button(label, key=button_key, type="primary"):
+        return None
+    with st.spinner(doing):
+        try:
+            return build_archive(run, root(), kind)
+        except UserError as err:
+            st.error(str(err))
+    return None
 
 
 def show_sizes(model: str, folder: Path, stored: str | None, precision: str, info: ArchiveInfo | None) -> None:
@@ -125,12 +135,9 @@ def show_gguf(run, folder: Path) -> None:
     if gguf_type in LLAMA_CPP_TYPES and not available:
         st.info(f"{gguf_type} is quantized by llama.cpp's own quantizer: install it with `{INSTALL_LLAMA_CPP}` "
                 "(a source build, minutes), or choose f16, bf16 or q8_0.")
-    elif info is None and st.button("Prepare the GGUF", key="export_gguf_prepare", type="primary"):
-        with st.spinner("Writing the GGUF (once per type; later downloads reuse it)…"):
-            try:
-                info = build_archive(run, root(), key)
-            except UserError as err:
-                st.error(str(err))
+    elif info is None:
+        info = prepare(run, key, "Prepare the GGUF", "export_gguf_prepare",
+                       "Writing the GGUF (once per type; later downloads reuse it)…")
     with sizes:
         checkpoint = folder_size(folder)
         exported = info.size if info is not None else estimated_gguf_size(str(folder), gguf_type)
