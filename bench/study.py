@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import quality, study_report
@@ -99,11 +101,28 @@ def _ints(values: list[int]) -> str:
     return ",".join(map(str, values))
 
 
+@contextmanager
+def shared_data_root() -> Iterator[None]:
+    """``$GRASPRUNE_DATA`` at ``../shared/data`` while a study runs, where it is unset and that folder exists:
+    the full C4 sample (2,000 documents) lives there, the package bundles only 256 of them. Restored after,
+    so a caller's own process (a test session) keeps its data roots."""
+    if "GRASPRUNE_DATA" in os.environ or not SHARED_DATA.is_dir():
+        yield
+        return
+    os.environ["GRASPRUNE_DATA"] = str(SHARED_DATA)
+    try:
+        yield
+    finally:
+        os.environ.pop("GRASPRUNE_DATA", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if "GRASPRUNE_DATA" not in os.environ and SHARED_DATA.is_dir():
-        # the full C4 sample (2,000 documents) lives there; the package bundles only 256 of them
-        os.environ["GRASPRUNE_DATA"] = str(SHARED_DATA)
+    with shared_data_root():
+        return run_study(args)
+
+
+def run_study(args: argparse.Namespace) -> int:
     if args.study == "keep":
         keep_sweep(args)
     elif args.study == "calibration":
