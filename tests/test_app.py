@@ -583,7 +583,9 @@ def test_a_running_run_shows_done_current_and_pending_phases_and_one_eta(runs_di
     assert re.fullmatch(r"gate training · step 4/8 \(50%\) · ETA 0m \d\ds", bar.proto.text)
     eta = {m.label: m.value for m in at.metric}["ETA (whole run)"]
     minutes, seconds = map(int, re.fullmatch(r"(\d+)m (\d\d)s", eta).groups())
-    assert minutes * 60 + seconds > int(left[1])  # the current phase's rest, and the pending phases after it
+    # the current phase's rest and the pending phases after it: a tiny model's pending phases are predicted at
+    # a few seconds or less, and both figures are rounded to whole seconds, so the sum may show the rest's value
+    assert int(left[1]) <= minutes * 60 + seconds <= int(left[1]) + 3 * 5  # three pending phases, each under 5 s
     run.set_status("stopped", message="test over")
 
 
