@@ -206,16 +206,21 @@ def test_the_mask_legend_names_blank_cells_only_where_a_layer_has_fewer_units():
     assert legend([[1, 0, 1], [1, 0, 0]]) == ["kept", "pruned"]
 
 
-def test_evaluate_page_compares_dense_and_pruned_perplexity_and_generation(runs_dir, completed_run):
-    run_id = with_run(runs_dir, completed_run)
-    at = app("app_pages/evaluate.py", run_id)
-    assert errors(at) == []
+def computed_perplexity(at: AppTest):
+    """The Evaluate page's perplexity table after Compute at WikiText-2, seqlen 64, one window."""
     at.multiselect(key="eval_datasets").set_value(["wikitext2"])
     at.number_input(key="eval_seqlen").set_value(64)
     at.number_input(key="eval_windows").set_value(1).run()
     at.button(key="eval_ppl").click().run()
     assert errors(at) == []
-    rows = at.dataframe[0].value
+    return at.dataframe[0].value
+
+
+def test_evaluate_page_compares_dense_and_pruned_perplexity_and_generation(runs_dir, completed_run):
+    run_id = with_run(runs_dir, completed_run)
+    at = app("app_pages/evaluate.py", run_id)
+    assert errors(at) == []
+    rows = computed_perplexity(at)
     assert sorted(rows["model"]) == ["dense", "pruned"]
     pruned = rows[rows["model"] == "pruned"]["perplexity"].iloc[0]
     assert pruned == pytest.approx(completed_run.report()["metrics"]["ppl_wikitext2"]["ppl"], rel=1e-3)
@@ -388,13 +393,7 @@ def test_evaluate_page_adds_the_runs_newest_finished_heal(runs_dir, completed_ru
     out = runs_dir / "healed" / "checkpoint-healed"
     create_heal_job(runs_dir, run.output_dir(), out, cfg, run_id=run.id)
     heal(run.output_dir(), out, cfg)
-    at = app("app_pages/evaluate.py", run.id)
-    at.multiselect(key="eval_datasets").set_value(["wikitext2"])
-    at.number_input(key="eval_seqlen").set_value(64)
-    at.number_input(key="eval_windows").set_value(1).run()
-    at.button(key="eval_ppl").click().run()
-    assert errors(at) == []
-    rows = at.dataframe[0].value
+    rows = computed_perplexity(app("app_pages/evaluate.py", run.id))
     assert sorted(rows["model"]) == ["dense", "healed", "pruned"]
     model, tokenizer = load_pruned(out)
     expected = perplexity(model, tokenizer, "wikitext2", 64, 1).ppl
