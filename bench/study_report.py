@@ -15,6 +15,7 @@ from pathlib import Path
 from grasprune.atomic import write_json_atomic, write_text_atomic
 
 from .common import describe
+from .quality import label
 from .quality_report import save_figure
 from .study_tables import markdown, metric_order
 
@@ -37,12 +38,8 @@ def spread(values: list[float]) -> dict:
 
 
 def _method(settings: dict) -> str:
-    """An entry's curve: the method (and GRASPrune's variant), never the seed."""
-    if settings["method"] == "dense":
-        return "dense"
-    if settings["method"] == "grasprune":
-        return f"grasprune ({settings['variant']})"
-    return settings["method"] + (" +scales" if settings["rescale_epochs"] else " one-shot")
+    """An entry's curve: its bench.quality row name without the seed."""
+    return label({**settings, "seed": 0})
 
 
 def _domain(settings: dict) -> str:
