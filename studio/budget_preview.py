@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grasprune.errors import UserError
-from grasprune.method.models import EMBEDDED_ALIAS, HUB_ID, embedded_gguf_path, is_pruned_folder
+from grasprune.method.models import (
+    EMBEDDED_ALIAS,
+    HUB_ID,
+    converted_gguf_folder,
+    embedded_gguf_path,
+    is_converted,
+    is_pruned_folder,
+)
 from grasprune.method.units import layout_of, minimum_cost
 
 
@@ -82,6 +89,9 @@ def model_config(spec: str, trust_remote_code: bool = False):
             path = embedded_gguf_path() if spec == EMBEDDED_ALIAS else Path(spec).expanduser().resolve()
             if not path.is_file():
                 raise UserError(f"GGUF file not found: {spec}")
+            converted = converted_gguf_folder(path)
+            if is_converted(converted):  # its config.json: milliseconds, where the GGUF's header takes seconds
+                return AutoConfig.from_pretrained(converted)
             return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         folder = Path(spec).expanduser()
         if folder.exists():

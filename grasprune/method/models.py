@@ -206,12 +206,21 @@ def _load_from_hub(spec: str, dtype, device, trust_remote_code: bool, allow_pick
                         offload_folder)
 
 
-def _converted_gguf_folder(gguf: Path) -> Path:
-    """Dequantise a GGUF file once and cache it as a safetensors folder (later loads take seconds)."""
+def converted_gguf_folder(gguf: Path) -> Path:
+    """Where the dequantised copy of a GGUF file is cached (see ``_converted_gguf_folder``)."""
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    folder = cache_dir() / "models" / f"{gguf.stem}-{key}"
-    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _converted_gguf_folder(gguf: Path) -> Path:
+    """Dequantise a GGUF file once and cache it as a safetensors folder (later loads take seconds)."""
+    folder = converted_gguf_folder(gguf)
+    if is_converted(folder):
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
