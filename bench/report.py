@@ -1,8 +1,8 @@
 """docs/results.md from the result files under bench/results: one section per benchmark, one table per
 machine, each table with the file it came from and the command that produces it.
 
-    python -m bench.report           # write docs/results.md (atomically)
-    python -m bench.report --check   # exit 1 if docs/results.md is not what this would write now
+    python -m bench.report           # write docs/results.md and the README's table (atomically)
+    python -m bench.report --check   # exit 1 if either is not what this would write now
 
 Standard library only (no torch): the page is rebuilt from the JSON files alone, so a result that is
 not in a file cannot appear in it.
@@ -22,11 +22,12 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the studies' tables as part of bench
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import study_tables
+from bench import headline, study_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 OUT = ROOT / "docs" / "results.md"
+README = ROOT / "README.md"
 NOT_RECORDED = "machine not recorded"
 GIB = 2**30
 MIB = 2**20
@@ -628,18 +629,23 @@ def write_atomic(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 if the page is not what would be written now")
+                        help="exit 1 if the page or the README's table is not what would be written now")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of result files")
     parser.add_argument("--out", type=Path, default=OUT, help="Markdown file to write or check")
+    parser.add_argument("--readme", type=Path, default=README,
+                        help="Markdown file whose headline table (between its markers) to write or check")
     args = parser.parse_args(argv)
-    text = render(args.results)
+    wanted = {args.out: render(args.results)}
+    if args.readme.is_file():
+        wanted[args.readme] = headline.readme_with_table(args.readme.read_text(), args.results)
     if not args.check:
-        write_atomic(args.out, text)
+        for path, text in wanted.items():
+            write_atomic(path, text)
         return 0
-    if args.out.is_file() and args.out.read_text() == text:
-        return 0
-    print(f"{args.out} is out of date: run python -m bench.report", file=sys.stderr)
-    return 1
+    stale = [path for path, text in wanted.items() if not path.is_file() or path.read_text() != text]
+    for path in stale:
+        print(f"{path} is out of date: run python -m bench.report", file=sys.stderr)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import report
+from bench import headline, report
 
 RESULTS = REPO / "bench" / "results"
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -24,8 +24,10 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory) -> list[tuple[str, list[dict]]]:
     """Every table of a freshly generated page: (caption, rows as {header: cell})."""
-    out = tmp_path_factory.mktemp("report") / "results.md"
-    assert report.main(["--results", str(RESULTS), "--out", str(out)]) == 0
+    folder = tmp_path_factory.mktemp("report")
+    out, readme = folder / "results.md", folder / "README.md"
+    readme.write_text((REPO / "README.md").read_text())
+    assert report.main(["--results", str(RESULTS), "--out", str(out), "--readme", str(readme)]) == 0
     return parse_tables(out.read_text())
 
 
@@ -93,6 +95,30 @@ def test_check_passes_on_the_committed_page_and_fails_on_a_stale_one(tmp_path):
     stale = tmp_path / "results.md"
     stale.write_text("# Results\n")
     assert report.main(["--check", "--out", str(stale)]) == 1
+
+
+def test_check_fails_on_a_stale_readme_table(tmp_path):
+    readme = tmp_path / "README.md"
+    text = (REPO / "README.md").read_text()
+    start, end = text.index(headline.START), text.index(headline.END)
+    readme.write_text(text[: start + len(headline.START)] + "\n| old | table |\n" + text[end:])
+    assert report.main(["--check", "--readme", str(readme)]) == 1
+    assert report.main(["--readme", str(readme), "--out", str(tmp_path / "results.md")]) == 0
+    assert readme.read_text() == text  # rewritten: the committed README's table, untouched around it
+
+
+def test_the_readme_table_holds_the_files_numbers_and_leaves_out_rows_without_a_file(tmp_path):
+    keep = json.loads((RESULTS / "study-keep" / "summary.json").read_text())
+    (ours,) = [p for p in keep["points"] if p["group"] == "grasprune (guided)" and p["x"] == 0.5]
+    full = headline.table(RESULTS)
+    assert f"GRASPrune {ours['metrics']['wikitext2']['mean']:,.2f} (" in full
+    heal = json.loads(max(RESULTS.glob("heal-*/heal.json")).read_text())["rows"][0]["points"]
+    assert f"{heal[0]['wikitext2']:,.2f} → **{heal[-1]['wikitext2']:,.2f}**" in full
+    (tmp_path / "study-keep").mkdir()
+    (tmp_path / "study-keep" / "summary.json").write_text(json.dumps(keep))
+    only_keep = headline.table(tmp_path)
+    assert only_keep.count("\n| WikiText-2 perplexity") == 2 and "heal" not in only_keep
+    assert "KV cache" not in only_keep and "Gate-training" not in only_keep
 
 
 def test_report_imports_no_torch():

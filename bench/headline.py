@@ -1,0 +1,135 @@
+"""The README's results table: a few headline numbers, each computed from a result file under
+bench/results and linked to it. ``python -m bench.report`` writes it between the README's markers and
+``--check`` fails when it is stale, as for docs/results.md. Standard library only.
+
+A row whose file is absent is left out: the table never shows a number that no file holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+START, END = "<!-- bench.report: headline start -->", "<!-- bench.report: headline end -->"
+SEEDED = "grasprune (guided)"
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _link(path: Path, results: Path) -> str:
+    inside = path.relative_to(results).as_posix()
+    return f"[`{inside}`](bench/results/{inside})"
+
+
+def _ppl(value: float) -> str:
+    return f"{value:,.2f}"
+
+
+def _seeded(point: dict) -> str:
+    """A GRASPrune point: the mean, and over several seeds the lowest and highest."""
+    ppl = point["metrics"]["wikitext2"]
+    if ppl["n"] < 2:
+        return f"{_ppl(ppl['mean'])} (1 seed)"
+    return f"{_ppl(ppl['mean'])} ({_ppl(ppl['min'])}–{_ppl(ppl['max'])}, {ppl['n']} seeds)"
+
+
+def keep_rows(results: Path) -> list[list[str]]:
+    """WikiText-2 perplexity at keep 0.7 and 0.5: dense, GRASPrune over its seeds, the best baseline."""
+    path = results / "study-keep" / "summary.json"
+    summary = _load(path)
+    if summary is None:
+        return []
+    rows = []
+    for keep in (0.7, 0.5):
+        at = [p for p in summary["points"] if p["x"] == keep and "wikitext2" in p["metrics"]]
+        ours = [p for p in at if p["group"] == SEEDED]
+        others = [p for p in at if p["group"] != SEEDED]
+        if not ours or not others:
+            continue
+        best = min(others, key=lambda p: p["metrics"]["wikitext2"]["mean"])
+        cell = (f"dense {_ppl(summary['dense']['wikitext2'])} · **GRASPrune {_seeded(ours[0])}** · "
+                f"best baseline ({best['group']}) {_ppl(best['metrics']['wikitext2']['mean'])}")
+        rows.append([f"WikiText-2 perplexity, SmolLM2-135M at keep {keep} (64 windows of 512)", cell,
+                     _link(path, results), f"`{summary['command']}`"])
+    return rows
+
+
+def heal_rows(results: Path) -> list[list[str]]:
+    """Each healed checkpoint of the newest heal file: before, and at its last mark."""
+    newest = max(results.glob("heal-*/heal.json"), default=None)
+    data = _load(newest) if newest else None
+    if data is None:
+        return []
+    rows, marks = [], ",".join(f"{m:g}" for m in data["conditions"]["marks_min"])
+    for row in data["rows"]:
+        before, last = row["points"][0], row["points"][-1]
+        drop = 100 * (1 - last["wikitext2"] / before["wikitext2"])
+        cell = (f"{_ppl(before['wikitext2'])} → **{_ppl(last['wikitext2'])}** ({drop:.0f}% lower) after "
+                f"{last['minutes']:.0f} min of CPU ({last['steps']:,} steps)")
+        method = "" if row["method"] == "grasprune" else f" --method {row['method']}"
+        what = f"`grasprune heal` (LoRA) on `grasprune prune --keep-ratio {row['keep_ratio']}{method}`'s checkpoint"
+        rows.append([what + ", WikiText-2 perplexity", cell, _link(newest, results),
+                     f"`python -m bench.heal --checkpoints DIR --marks {marks}`"])
+    return rows
+
+
+def kv_rows(results: Path) -> list[list[str]]:
+    """KV-cache share and decode speed-up at keep 0.5, at the shortest and longest context."""
+    path = results / "study-kvcache" / "summary.json"
+    summary = _load(path)
+    if summary is None:
+        return []
+    dense = {p["x"]: p for p in summary["points"] if p["group"] == "dense"}
+    pruned = sorted((p for p in summary["points"] if p["group"] != "dense" and p["x"] in dense),
+                    key=lambda p: p["x"])
+    if not pruned:
+        return []
+    share = pruned[-1]["metrics"]["kv_cache_mib"]["mean"] / dense[pruned[-1]["x"]]["metrics"]["kv_cache_mib"]["mean"]
+    speeds = ", ".join(f"**{p['metrics']['decode_speedup']['mean']:.2f}×** at {p['x']:,} tokens"
+                       for p in (pruned[0], pruned[-1]))
+    cell = f"KV cache {100 * share:.0f}% of dense; decode {speeds} (CPU, batch 1)"
+    return [["Keep 0.5 against dense at long context", cell, _link(path, results), f"`{summary['command']}`"]]
+
+
+def overhead_rows(results: Path) -> list[list[str]]:
+    """A gate-training step against a plain forward+backward of the same block."""
+    cells, links = [], []
+    speed = _load(results / "speed.json")
+    if speed and speed.get("overhead"):
+        cells.append(f"**{speed['overhead']['ratio']:.2f}×** (CPU, SmolLM2-135M)")
+        links.append(_link(results / "speed.json", results))
+    gpu = _load(results / "gpu.json")
+    if gpu and gpu.get("gate_training"):
+        cells.append(f"**{gpu['gate_training']['ratio']:.2f}×** ({gpu['setting'].get('gpu', 'GPU')}: "
+                     f"{gpu['setting']['model']})")
+        links.append(_link(results / "gpu.json", results))
+    if not cells:
+        return []
+    return [["Gate-training step against a plain forward+backward", ", ".join(cells), ", ".join(links),
+             "`python -m bench.speed`, `bash bench/gpu.sh`"]]
+
+
+ROWS: tuple[Callable[[Path], list[list[str]]], ...] = (keep_rows, heal_rows, kv_rows, overhead_rows)
+
+
+def table(results: Path) -> str:
+    rows = [row for build in ROWS for row in build(results)]
+    lines = ["| measured | result | file | command |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    note = ("Generated by `python -m bench.report` from the files it links (every table, machine and "
+            "protocol: [docs/results.md](docs/results.md)).")
+    return "\n".join([*lines, "", note])
+
+
+def readme_with_table(readme: str, results: Path) -> str:
+    """The README text with the table between its markers replaced (unchanged where it has no markers)."""
+    start, end = readme.find(START), readme.find(END)
+    if start < 0 or end < start:
+        return readme
+    return readme[: start + len(START)] + "\n" + table(results) + "\n" + readme[end:]
