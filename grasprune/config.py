@@ -353,3 +353,37 @@ def resolve_dtype_name(dtype: str, device: str) -> str:
 
 def torch_dtype(name: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+@dataclass
+class HealConfig:
+    """The settings of ``grasprune heal`` (LoRA recovery of a pruned checkpoint)."""
+
+    steps: int = 600
+    minutes: float | None = None  # stop training after this much wall time (then merge and export as usual)
+    lr: float = 2e-4
+    rank: int = 8
+    alpha: int = 16
+    data: str = DEFAULT_CALIB
+    samples: int = 256
+    block_len: int = 256
+    distill: float = 0.0  # weight of the KL divergence to the dense base model (a forward pass per step)
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def validate(self) -> None:
+        for name in ("steps", "rank", "alpha", "samples", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.block_len < 2:
+            raise UserError(f"--block-len must be at least 2 (got {self.block_len})")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive (got {self.lr})")
+        if not 0 <= self.distill <= 1:
+            raise UserError(f"--distill is a loss weight in [0, 1] (got {self.distill})")
+        if self.minutes is not None and not self.minutes > 0:
+            raise UserError(f"--minutes must be positive (got {self.minutes})")
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share (the time limit may change between tries)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "minutes"}

@@ -412,3 +412,25 @@ def test_the_entry_point_exits_2_with_one_line(argv, message, tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(message), result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+LIGHT_CHECK = """import sys
+from grasprune.cli.main import main
+code = main(sys.argv[1:])
+print("transformers loaded" if "transformers" in sys.modules else "transformers not loaded")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["prune", "--keep-ratio", "7"],
+    ["heal", "{missing}", "--out", "{case}/healed"],
+    ["export", "{missing}", "--out", "{case}/exported"],
+])
+def test_a_refused_command_answers_before_transformers_is_imported(argv, tmp_path):
+    """A typo costs the time torch takes to import, not the seconds transformers and the engine add."""
+    argv = [a.format(missing=tmp_path / "no-checkpoint", case=tmp_path) for a in argv]
+    result = subprocess.run([sys.executable, "-c", LIGHT_CHECK, *argv], capture_output=True, text=True,
+                            timeout=120, cwd=REPO, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+    assert result.stdout.strip() == "transformers not loaded"

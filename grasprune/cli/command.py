@@ -7,8 +7,7 @@ import shlex
 from pathlib import Path
 
 from grasprune.cli.options import flag_of, negated
-from grasprune.config import PruneConfig
-from grasprune.method.heal import HealConfig
+from grasprune.config import HealConfig, PruneConfig
 
 # The settings a user picks on the Prune (Heal) page are always written; any other only when not default.
 ALWAYS = ("model", "keep_ratio", "calib_data", "calib_samples", "block_len", "epochs", "rescale_samples", "seed",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from grasprune.cli.options import number
 from grasprune.cli.signals import stop_on_signals
+from grasprune.config import HealConfig
 from grasprune.errors import UserError
 from grasprune.events import Emit, EventLog
-from grasprune.method.heal import HealConfig
 
 HELP = {
     "steps": "training steps, one calibration block each",

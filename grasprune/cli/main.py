@@ -51,12 +51,13 @@ def config_from_args(args) -> PruneConfig:
 
 
 def run_prune(args) -> int:
-    from grasprune.runs.pipeline import prune_run
     from grasprune.runs.ranks import follow_rank0, share_run
     from grasprune.runs.store import create_run, open_run
     from grasprune.scaleout.distributed import join_process_group
 
     if not join_process_group().is_main:  # under torchrun: ranks 1.. follow rank 0's run
+        from grasprune.runs.pipeline import prune_run
+
         return follow_rank0(prune_run, stop_on_signals)
     if args.resume:
         run = open_run(args.resume, Path(args.runs_dir).resolve() if args.runs_dir else None)
@@ -80,6 +81,7 @@ def run_prune(args) -> int:
     print(f"run folder: {run.folder}", file=sys.stderr)
     stop = threading.Event()
     stop_on_signals(stop)
+    from grasprune.runs.pipeline import prune_run  # transformers and the engine: only once the input is valid
     from grasprune.runs.progress import follow_events
 
     with follow_events(run):

@@ -17,10 +17,11 @@ from safetensors.torch import save_file
 from grasprune.atomic import write_folder_atomic
 from grasprune.errors import UserError
 from grasprune.method.adapters import ModelAdapter, family_named
-from grasprune.method.hf_modeling import configuration_grasprune, modeling_grasprune
 from grasprune.method.units import UnitLayout
 
-MODELING_DIR = Path(modeling_grasprune.__file__).parent
+# The modeling classes import transformers: loaded where used, so that checking a checkpoint folder (a
+# heal's or an export's bad input) answers in the time it takes to import torch.
+MODELING_DIR = Path(__file__).parent / "hf_modeling"
 MODELING_FILES = ("configuration_grasprune.py", "modeling_grasprune.py")
 FAMILY_CLASS = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
@@ -75,6 +76,8 @@ def sliced_state_dict(adapter: ModelAdapter, layout: UnitLayout, mask: torch.Ten
 
 def pruned_config(base_config, layout: UnitLayout, mask: torch.Tensor):
     """The exported config: the base config plus per-layer widths and an ``auto_map``."""
+    from grasprune.method.hf_modeling import configuration_grasprune
+
     family = family_named(base_config.model_type)
     stem = FAMILY_CLASS[family.name]
     config_class = getattr(configuration_grasprune, f"Grasprune{stem}Config")
@@ -93,6 +96,8 @@ def pruned_config(base_config, layout: UnitLayout, mask: torch.Tensor):
 
 
 def model_class_for(model_type: str):
+    from grasprune.method.hf_modeling import modeling_grasprune
+
     family = family_named(model_type)
     return getattr(modeling_grasprune, f"Grasprune{FAMILY_CLASS[family.name]}ForCausalLM")
 

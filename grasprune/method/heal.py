@@ -19,14 +19,13 @@ import json
 import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from grasprune.atomic import write_atomic, write_folder_atomic, write_json_atomic
-from grasprune.config import DEFAULT_CALIB
+from grasprune.config import HealConfig
 from grasprune.data import calibration_blocks, check_sources
 from grasprune.errors import Stopped, UserError
 from grasprune.events import Emit, no_events
@@ -34,38 +33,6 @@ from grasprune.method.export import checked_pruned_folder, load_pruned
 from grasprune.method.train import epoch_order
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass
-class HealConfig:
-    steps: int = 600
-    minutes: float | None = None  # stop training after this much wall time (then merge and export as usual)
-    lr: float = 2e-4
-    rank: int = 8
-    alpha: int = 16
-    data: str = DEFAULT_CALIB
-    samples: int = 256
-    block_len: int = 256
-    distill: float = 0.0  # weight of the KL divergence to the dense base model (a forward pass per step)
-    seed: int = 0
-    checkpoint_every: int = 50
-
-    def validate(self) -> None:
-        for name in ("steps", "rank", "alpha", "samples", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        if self.block_len < 2:
-            raise UserError(f"--block-len must be at least 2 (got {self.block_len})")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive (got {self.lr})")
-        if not 0 <= self.distill <= 1:
-            raise UserError(f"--distill is a loss weight in [0, 1] (got {self.distill})")
-        if self.minutes is not None and not self.minutes > 0:
-            raise UserError(f"--minutes must be positive (got {self.minutes})")
-
-    def identity(self) -> dict:
-        """The settings a resumed run must share (the time limit may change between tries)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "minutes"}
 
 
 def state_folder(out: Path) -> Path:
