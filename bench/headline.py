@@ -61,22 +61,28 @@ def keep_rows(results: Path) -> list[list[str]]:
 
 
 def heal_rows(results: Path) -> list[list[str]]:
-    """Each healed checkpoint of the newest heal file: before, and at its last mark."""
-    newest = max(results.glob("heal-*/heal.json"), default=None)
-    data = _load(newest) if newest else None
-    if data is None:
-        return []
-    rows, marks = [], ",".join(f"{m:g}" for m in data["conditions"]["marks_min"])
-    for row in data["rows"]:
-        before, last = row["points"][0], row["points"][-1]
-        drop = 100 * (1 - last["wikitext2"] / before["wikitext2"])
-        cell = (f"{_ppl(before['wikitext2'])} → **{_ppl(last['wikitext2'])}** ({drop:.0f}% lower) after "
-                f"{last['minutes']:.0f} min of CPU ({last['steps']:,} steps)")
-        method = "" if row["method"] == "grasprune" else f" --method {row['method']}"
-        what = f"`grasprune heal` (LoRA) on `grasprune prune --keep-ratio {row['keep_ratio']}{method}`'s checkpoint"
-        rows.append([what + ", WikiText-2 perplexity", cell, _link(newest, results),
-                     f"`python -m bench.heal --checkpoints DIR --marks {marks}`"])
+    """A row per keep ratio: each method's checkpoint before healing and at its last mark (the newest file
+    measuring that method at that ratio)."""
+    found: dict[tuple[float, str], tuple[Path, dict]] = {}
+    for path in sorted(results.glob("heal-*/heal*.json")):
+        for row in (_load(path) or {}).get("rows", []):
+            found[(row["keep_ratio"], row["method"])] = (path, row)
+    rows = []
+    for keep in sorted({k for k, _ in found}, reverse=True):
+        methods = sorted((m for k, m in found if k == keep), key=lambda m: (m != "grasprune", m))
+        cells = [_healed(method, found[(keep, method)][1]) for method in methods]
+        links = dict.fromkeys(_link(found[(keep, m)][0], results) for m in methods)
+        rows.append([f"`grasprune heal` (LoRA) at keep {keep}, WikiText-2 perplexity", "; ".join(cells),
+                     ", ".join(links), "`python -m bench.heal --checkpoints DIR --marks 5,15,30`"])
     return rows
+
+
+def _healed(method: str, row: dict) -> str:
+    before, last = row["points"][0], row["points"][-1]
+    drop = 100 * (1 - last["wikitext2"] / before["wikitext2"])
+    name = "GRASPrune" if method == "grasprune" else f"{method} + LoRA (LLM-Pruner style)"
+    return (f"{name} {_ppl(before['wikitext2'])} → **{_ppl(last['wikitext2'])}** after {last['minutes']:.0f} min "
+            f"of CPU ({drop:.0f}% lower)")
 
 
 def kv_rows(results: Path) -> list[list[str]]:
