@@ -37,6 +37,9 @@ ALIGN_PRUNE_COMMAND = ("grasprune prune --model {model} --keep-ratio {keep} --al
 # Commands of the one-off runs (their NOTE.md says the same); the first matching pattern wins, and a file
 # matching none gets its benchmark's command from bench/README.md's table.
 COMMANDS = {
+    "heal-2026-12-07/heal.json": (
+        "grasprune prune --model smollm2-135m --keep-ratio 0.7 --eval none --no-eval-dense --out DIR && "
+        "python -m bench.heal --checkpoints DIR --marks 5,15,30"),
     "heal-*/heal.json": (
         "grasprune prune --model smollm2-135m --keep-ratio 0.5 --eval none --no-eval-dense --out DIR && "
         "python -m bench.heal --checkpoints DIR --marks 5,15"),
