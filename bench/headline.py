@@ -61,7 +61,7 @@ def keep_rows(results: Path) -> list[list[str]]:
 
 
 def heal_rows(results: Path) -> list[list[str]]:
-    """A row per keep ratio: each method's checkpoint before healing and at its last mark (the newest file
+    """A row per keep ratio: each method's checkpoint before healing and at every mark (the newest file
     measuring that method at that ratio)."""
     found: dict[tuple[float, str], tuple[Path, dict]] = {}
     for path in sorted(results.glob("heal-*/heal*.json")):
@@ -72,17 +72,22 @@ def heal_rows(results: Path) -> list[list[str]]:
         methods = sorted((m for k, m in found if k == keep), key=lambda m: (m != "grasprune", m))
         cells = [_healed(method, found[(keep, method)][1]) for method in methods]
         links = dict.fromkeys(_link(found[(keep, m)][0], results) for m in methods)
-        rows.append([f"`grasprune heal` (LoRA) at keep {keep}, WikiText-2 perplexity", "; ".join(cells),
+        rows.append([f"`grasprune heal` (LoRA) at keep {keep}, WikiText-2 perplexity by minutes of CPU",
+                     "; ".join(cells),
                      ", ".join(links), "`python -m bench.heal --checkpoints DIR --marks 5,15,30`"])
     return rows
 
 
 def _healed(method: str, row: dict) -> str:
-    before, last = row["points"][0], row["points"][-1]
-    drop = 100 * (1 - last["wikitext2"] / before["wikitext2"])
+    """Before healing, then every mark (minutes of CPU training), the lowest in bold: healing longer is not
+    always better, and the table should show it."""
+    points = row["points"]
+    best = min(points[1:], key=lambda p: p["wikitext2"])
+    marks = [f"**{_ppl(p['wikitext2'])}**" if p is best else _ppl(p["wikitext2"]) for p in points[1:]]
     name = "GRASPrune" if method == "grasprune" else f"{method} + LoRA (LLM-Pruner style)"
-    return (f"{name} {_ppl(before['wikitext2'])} → **{_ppl(last['wikitext2'])}** after {last['minutes']:.0f} min "
-            f"of CPU ({drop:.0f}% lower)")
+    steps = " → ".join(f"{mark} ({p['minutes']:.0f} min)" for mark, p in zip(marks, points[1:], strict=True))
+    drop = 100 * (1 - best["wikitext2"] / points[0]["wikitext2"])
+    return f"{name} {_ppl(points[0]['wikitext2'])} → {steps}: {drop:.0f}% lower at best"
 
 
 def kv_rows(results: Path) -> list[list[str]]:
