@@ -14,7 +14,15 @@ from grasprune.runs.timeline import PROGRESS_UNITS
 
 @contextmanager
 def follow_events(run: Run, interval: float = 0.5):
-    """Show one progress bar per phase while the body runs, reading ``run``'s events."""
+    """Show one progress bar per phase while the body runs, reading ``run``'s events.
+
+    transformers' own bars (``Loading weights``) are off meanwhile: the body writes them from its thread
+    while this one prints a phase's ``done in`` line up to ``interval`` later, and on a pipe the two ran
+    into one line. The phases already say what is loading."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     done = threading.Event()
     thread = threading.Thread(target=_follow, args=(run, done, interval), daemon=True)
     thread.start()
@@ -23,6 +31,8 @@ def follow_events(run: Run, interval: float = 0.5):
     finally:
         done.set()
         thread.join(timeout=5)
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _follow(run: Run, done: threading.Event, interval: float) -> None:
