@@ -22,6 +22,12 @@ def _load(path: Path) -> dict | None:
         return None
 
 
+def _study(results: Path, name: str) -> tuple[Path, dict | None]:
+    """A study's summary.json (``bench.study report`` writes it) and its contents, None if absent."""
+    path = results / f"study-{name}" / "summary.json"
+    return path, _load(path)
+
+
 def _link(path: Path, results: Path) -> str:
     inside = path.relative_to(results).as_posix()
     return f"[`{inside}`](bench/results/{inside})"
@@ -41,8 +47,7 @@ def _seeded(point: dict) -> str:
 
 def keep_rows(results: Path) -> list[list[str]]:
     """WikiText-2 perplexity at keep 0.7 and 0.5: dense, GRASPrune over its seeds, the best baseline."""
-    path = results / "study-keep" / "summary.json"
-    summary = _load(path)
+    path, summary = _study(results, "keep")
     if summary is None:
         return []
     rows = []
@@ -92,8 +97,7 @@ def _healed(method: str, row: dict) -> str:
 
 def kv_rows(results: Path) -> list[list[str]]:
     """KV-cache share and decode speed-up at keep 0.5, at the shortest and longest context."""
-    path = results / "study-kvcache" / "summary.json"
-    summary = _load(path)
+    path, summary = _study(results, "kvcache")
     if summary is None:
         return []
     dense = {p["x"]: p for p in summary["points"] if p["group"] == "dense"}
