@@ -17,8 +17,8 @@ from grasprune.errors import UserError
 
 # Below this many characters tokenizing costs less than reading the cache file back.
 MIN_CACHED_CHARS = 64 * 1024
-# Encoded with and without special tokens into the key: catches a tokenizer whose Python side adds
-# tokens that its backend JSON does not say.
+# Its ids (with the call's special-token setting) go into the key: they catch a tokenizer whose Python
+# side adds tokens that its backend JSON does not say.
 PROBE = "Probe: 12 tokens, café\n\n = = x = =\n"
 
 
