@@ -8,6 +8,7 @@ A row whose file is absent is left out: the table never shows a number that no f
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,9 +61,15 @@ def keep_rows(results: Path) -> list[list[str]]:
         best = min(others, key=lambda p: p["metrics"]["wikitext2"]["mean"])
         cell = (f"dense {_ppl(summary['dense']['wikitext2'])} · **GRASPrune {_seeded(ours[0])}** · "
                 f"best baseline ({best['group']}) {_ppl(best['metrics']['wikitext2']['mean'])}")
-        rows.append([f"WikiText-2 perplexity, SmolLM2-135M at keep {keep} (64 windows of 512)", cell,
+        rows.append([f"WikiText-2 perplexity at keep {keep}{_protocol(summary)}", cell,
                      _link(path, results), f"`{summary['command']}`"])
     return rows
+
+
+def _protocol(summary: dict) -> str:
+    """The model and evaluation windows the study's setting records (not assumed: a rerun may change them)."""
+    found = re.search(r"model (\S+), eval seqlen (\d+), first (\d+) windows", summary.get("setting", ""))
+    return f" ({found[1]}, {found[3]} windows of {found[2]})" if found else ""
 
 
 def heal_rows(results: Path) -> list[list[str]]:
