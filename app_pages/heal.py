@@ -62,9 +62,16 @@ def settings_form() -> HealConfig:
         seed = a3.number_input("Seed", 0, 2**31 - 1, d.seed, key="heal_seed", help=HELP["seed"])
         every = a4.number_input("Save every (steps)", 1, 10**7, d.checkpoint_every, key="heal_checkpoint_every",
                                 help=HELP["checkpoint_every"])
+        h1, h2, h3 = st.columns([2, 1, 1])
+        holdout = h1.text_input("Held-out text", d.holdout, key="heal_holdout", help=HELP["holdout"]).strip()
+        holdout_samples = h2.number_input("Held-out samples", 1, 100_000, d.holdout_samples,
+                                          key="heal_holdout_samples", help=HELP["holdout_samples"])
+        holdout_every = h3.number_input("Measure every (steps)", 1, 10**7, d.holdout_every, key="heal_holdout_every",
+                                        help=HELP["holdout_every"])
     return HealConfig(steps=int(steps), minutes=float(minutes) or None, lr=float(lr), rank=int(rank), alpha=int(alpha),
                       data=data, samples=int(samples), block_len=int(block_len), distill=float(distill),
-                      seed=int(seed), checkpoint_every=int(every))
+                      seed=int(seed), checkpoint_every=int(every), holdout=holdout,
+                      holdout_samples=int(holdout_samples), holdout_every=int(holdout_every))
 
 
 def output_input(source: Path | None) -> tuple[Path | None, bool, bool]:

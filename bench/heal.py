@@ -6,7 +6,9 @@
 Each checkpoint is measured before healing, then healed with ``HealConfig``'s defaults (LoRA rank 8 on
 every attention and MLP linear, lr 2e-4, 256 blocks of 256 tokens of the calibration text) and measured
 again each time the training's own wall time passes a mark (the evaluations are not counted in it). The
-adapters are evaluated unmerged (merging gives the same function: tests/test_heal.py).
+adapters are evaluated unmerged (merging gives the same function: tests/test_heal.py). It measures the
+training's trajectory, so without the held-out step selection of ``grasprune heal`` (``--holdout none``):
+the command merges the step of the lowest held-out loss instead of the last one.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measure(folder: Path, args: argparse.Namespace) -> dict:
-    cfg = HealConfig(steps=10**9, distill=args.distill)
+    cfg = HealConfig(steps=10**9, distill=args.distill, holdout="none")  # the trajectory, not a chosen step
     model, tokenizer = load_pruned(folder, dtype=torch.float32)
     ppl = lambda m: round(perplexity(m.eval(), tokenizer, "wikitext2", args.seqlen, args.windows).ppl, 3)
     points = [{"minutes": 0.0, "steps": 0, "wikitext2": ppl(model)}]

@@ -16,6 +16,7 @@ from grasprune.errors import UserError
 
 DEFAULT_CALIB = "wikitext2#lines=0:50%"
 DEFAULT_RESCALE = "wikitext2#lines=50%:100%"
+HOLDOUT_NEXT, HOLDOUT_NONE = "next", "none"  # a heal's held-out text: after its training blocks, or none
 METHODS = ("grasprune", "random", "magnitude", "wanda-sp", "flap", "taylor")
 DTYPES = ("auto", "bf16", "fp32")
 SCORE_INITS = ("zero", "random", "magnitude", "wanda-sp", "flap", "taylor")
@@ -370,9 +371,14 @@ class HealConfig:
     distill: float = 0.0  # weight of the KL divergence to the dense base model (a forward pass per step)
     seed: int = 0
     checkpoint_every: int = 50
+    # Held-out text the merged step is chosen on: "next" (the blocks right after the training ones in
+    # ``data``), another data spec, or "none" (merge the last step's adapters).
+    holdout: str = HOLDOUT_NEXT
+    holdout_samples: int = 16
+    holdout_every: int = 100
 
     def validate(self) -> None:
-        for name in ("steps", "rank", "alpha", "samples", "checkpoint_every"):
+        for name in ("steps", "rank", "alpha", "samples", "checkpoint_every", "holdout_samples", "holdout_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.block_len < 2:
@@ -383,6 +389,15 @@ class HealConfig:
             raise UserError(f"--distill is a loss weight in [0, 1] (got {self.distill})")
         if self.minutes is not None and not self.minutes > 0:
             raise UserError(f"--minutes must be positive (got {self.minutes})")
+        if not str(self.holdout).strip():
+            raise UserError(f"--holdout is empty: pass {HOLDOUT_NEXT}, {HOLDOUT_NONE} or a data spec")
+        if self.holdout.strip() == self.data.strip():
+            raise UserError(f"--holdout is the training text ({self.data}): pass other text, {HOLDOUT_NEXT} (the "
+                            f"blocks after the training ones) or {HOLDOUT_NONE}")
+
+    @property
+    def uses_holdout(self) -> bool:
+        return self.holdout.strip().lower() != HOLDOUT_NONE
 
     def identity(self) -> dict:
         """The settings a resumed run must share (the time limit may change between tries)."""

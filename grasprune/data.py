@@ -226,13 +226,13 @@ def tokenize_source(source: TextSource, tokenizer, add_special_tokens: bool) -> 
     return cached_tokens(source.text(), tokenizer, add_special_tokens)
 
 
-def calibration_blocks(spec: str, tokenizer, num_blocks: int, block_len: int) -> torch.Tensor:
-    """The first ``num_blocks`` consecutive blocks of ``block_len`` tokens: shape (num_blocks, block_len).
+def text_blocks(spec: str, tokenizer, block_len: int) -> torch.Tensor:
+    """Every whole block of ``block_len`` consecutive tokens of a data spec, in order: (blocks, block_len).
 
     Text is tokenised without special tokens, as the reference implementation does.
     """
-    if num_blocks < 1 or block_len < 2:
-        raise UserError("calibration needs at least 1 sample and a block length of at least 2")
+    if block_len < 2:
+        raise UserError("calibration needs a block length of at least 2")
     tokens = tokenize_source(read_source(spec, "calibration"), tokenizer, add_special_tokens=False)
     available = tokens.numel() // block_len
     if available < 1:
@@ -240,9 +240,19 @@ def calibration_blocks(spec: str, tokenizer, num_blocks: int, block_len: int) ->
             f"data '{spec}' has {tokens.numel()} tokens, fewer than one block of {block_len}: "
             "pass more text or a smaller --block-len"
         )
-    if available < num_blocks:
+    return tokens[: available * block_len].view(available, block_len)
+
+
+def calibration_blocks(spec: str, tokenizer, num_blocks: int, block_len: int,
+                       samples_flag: str = "--calib-samples") -> torch.Tensor:
+    """The first ``num_blocks`` consecutive blocks of ``block_len`` tokens: shape (num_blocks, block_len).
+    ``samples_flag`` is the option a too-large ``num_blocks`` came from, named in the error."""
+    if num_blocks < 1 or block_len < 2:
+        raise UserError("calibration needs at least 1 sample and a block length of at least 2")
+    blocks = text_blocks(spec, tokenizer, block_len)
+    if blocks.shape[0] < num_blocks:
         raise UserError(
-            f"data '{spec}' holds only {available} blocks of {block_len} tokens, {num_blocks} asked: "
-            f"pass --calib-samples {available} or less, or more text"
+            f"data '{spec}' holds only {blocks.shape[0]} blocks of {block_len} tokens, {num_blocks} asked: "
+            f"pass {samples_flag} {blocks.shape[0]} or less, or more text"
         )
-    return tokens[: num_blocks * block_len].view(num_blocks, block_len)
+    return blocks[:num_blocks]

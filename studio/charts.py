@@ -138,12 +138,16 @@ def loss_compare_figure(curves: dict[str, list[tuple[int, float]]]) -> go.Figure
     return _compact(fig, "compare-loss")
 
 
-def heal_loss_figure(points: list[tuple[int, float]], distill: float = 0.0) -> go.Figure:
-    """A heal's training loss per step (LoRA on the pruned checkpoint)."""
+def heal_loss_figure(points: list[tuple[int, float]], distill: float = 0.0,
+                     holdout: list[tuple[int, float]] | None = None) -> go.Figure:
+    """A heal's training loss per step (LoRA on the pruned checkpoint), and its held-out loss where measured."""
     fig = go.Figure()
     if points:
         steps, losses = zip(*_thin(points), strict=True)
         fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name="training loss"))
+    if holdout:
+        steps, losses = zip(*holdout, strict=True)
+        fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines+markers", name="held-out next-token loss"))
     label = "next-token loss" if distill == 0 else f"{1 - distill:g} × next-token + {distill:g} × KL to the dense"
-    fig.update_layout(title="Healing loss", xaxis_title="step", yaxis_title=label, showlegend=False)
+    fig.update_layout(title="Healing loss", xaxis_title="step", yaxis_title=label, showlegend=bool(holdout))
     return _compact(fig, "heal-loss")

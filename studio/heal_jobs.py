@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from grasprune.atomic import write_json_atomic
@@ -46,12 +46,17 @@ class HealProgress(Timeline):
 
     training_s: float | None = None
     ending: str | None = None  # done, stopped or error: the latest attempt's last word (None while it runs)
+    holdout: dict[int, float] = field(default_factory=dict)  # step: held-out loss (a replayed step replaces)
+    best: tuple[int, float] | None = None  # the step with the lowest held-out loss so far, and that loss
 
     def apply(self, event: dict) -> None:
         super().apply(event)
         kind = event.get("type")
         if kind == "step":
             self.training_s = event.get("elapsed_s")
+        elif kind == "holdout":
+            self.holdout[event["step"]] = event["loss"]
+            self.best = (event["best_step"], event["best_loss"])
         elif kind in ("done", "stopped", "error"):
             self.ending = kind
         elif kind == "phase" and event.get("phase") == "loading":

@@ -61,7 +61,8 @@ def render(job: HealJob) -> None:
     _actions(job, state)
     points = progress.loss.get("healing", [])
     if points:
-        st.plotly_chart(charts.heal_loss_figure(points, cfg.distill), width="stretch")
+        st.plotly_chart(charts.heal_loss_figure(points, cfg.distill, sorted(progress.holdout.items())),
+                        width="stretch")
     else:
         st.info("The loss curve appears with the first training step.")
     if state == "completed":
@@ -126,13 +127,18 @@ def _numbers(job: HealJob, cfg: HealConfig, progress: HealProgress, state: str) 
     live = state in ("starting", "running")
     span = progress.spans.get("healing")
     points = progress.loss.get("healing", [])
-    cols = st.columns(5)
+    cols = st.columns(6)
     cols[0].metric("Step", f"{0 if span is None else span.done:,} / {cfg.steps:,}")
     cols[1].metric("Training time", duration(progress.training_s),
                    help="Time spent training, over every attempt (what the time limit counts)")
     cols[2].metric("Loss", "–" if not points else f"{points[-1][1]:.4f}")
     cols[3].metric("ETA (training)", duration(remaining(cfg, progress) if live else None))
     cols[4].metric("Memory (RSS)", size(process_rss(job.process().get("pid")) if live else None))
+    best = progress.best
+    cols[5].metric("Best held-out loss", "–" if best is None else f"{best[1]:.4f} (step {best[0]:,})",
+                   help="The lowest loss on the held-out text so far, and its step: the adapters merged at the end "
+                        "are that step's" if cfg.uses_holdout else "No held-out text (--holdout none): the last "
+                        "step's adapters are merged")
 
 
 def _actions(job: HealJob, state: str) -> None:
@@ -150,12 +156,28 @@ def _actions(job: HealJob, state: str) -> None:
             st.rerun(scope="app")
 
 
+def merged_text(report: dict) -> str:
+    """Which step's adapters the healed folder holds, and why."""
+    holdout = report.get("holdout")
+    if not holdout:
+        return "The last step's adapters are merged (no held-out text)."
+    curve = holdout.get("curve") or [[None, None]]
+    step, last = holdout.get("best_step"), curve[-1]
+    if step == last[0]:
+        return f"The last step had the lowest held-out loss ({holdout.get('best_loss', 0):.4f}): its adapters are merged."
+    if step == 0:
+        return (f"Healing never beat the checkpoint on the held-out text (best {holdout.get('best_loss', 0):.4f} at "
+                f"step 0, {last[1]:.4f} at the last): the folder holds the pruned weights unchanged.")
+    return (f"Merged step **{step}**, the lowest held-out loss ({holdout.get('best_loss', 0):.4f}; the last step "
+            f"{last[0]} had {last[1]:.4f}): the steps after it overfit the calibration text.")
+
+
 def _result(job: HealJob) -> None:
     report = job.report() or {}
     losses = report.get("last_losses") or []
     st.markdown(f"Trained **{report.get('steps', '–')}** steps in {duration(report.get('elapsed_s'))}; the last "
-                f"losses: {', '.join(f'{x:.4f}' for x in losses) or '–'}. The folder is a GRASPrune checkpoint "
-                "of the same shapes as the pruned one, the adapters merged into its weights.")
+                f"losses: {', '.join(f'{x:.4f}' for x in losses) or '–'}. {merged_text(report)} The folder is a "
+                "GRASPrune checkpoint of the same shapes as the pruned one, the adapters merged into its weights.")
     out = shlex.quote(str(job.out))
     st.markdown("**Next**: measure it and export it. The Evaluate page compares a run's dense, pruned and newest "
                 "healed model; the Export page exports the run's pruned checkpoint. For the healed folder from a "

@@ -20,7 +20,7 @@ from conftest import run_cli
 
 SMALL = ["--calib-samples", "4", "--block-len", "32", "--epochs", "1", "--rescale-samples", "2",
          "--eval", "none", "--no-eval-dense", "--device", "cpu", "--dtype", "fp32"]
-QUICK = {"steps": 6, "samples": 4, "block_len": 32, "checkpoint_every": 2, "lr": 1e-3}
+QUICK = {"steps": 6, "samples": 4, "block_len": 32, "checkpoint_every": 2, "lr": 1e-3, "holdout_every": 2}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,8 @@ def test_a_stopped_heal_resumes_to_the_same_weights(pruned, tmp_path):
     heal(pruned, resumed, HealConfig(**QUICK), emit=lambda kind, **f: steps.append(f.get("step")) if kind == "step" else None)
     assert steps == [4, 5, 6]
     assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
+    held_out = [json.loads((folder / "grasprune.json").read_text())["heal"]["holdout"] for folder in (straight, resumed)]
+    assert held_out[0] == held_out[1] and [s for s, _ in held_out[0]["curve"]] == [0, 2, 4, 6]  # the best survives
     other, stop = tmp_path / "other", threading.Event()
     with pytest.raises(Stopped):
         heal(pruned, other, HealConfig(**QUICK), emit=stop_at_three, stop=stop)
@@ -107,8 +109,50 @@ def test_healing_lowers_the_loss_it_trains_on(pruned, tmp_path):
     assert mean_loss(out) < mean_loss(pruned) - 0.05
 
 
+def test_the_merged_step_is_the_one_with_the_lowest_held_out_loss(pruned, tmp_path):
+    """A heal that only makes things worse on the held-out text (trained on one word repeated, held out on
+    WikiText-2) gives back the checkpoint it started from: step 0, the adapters' B still zero, was the best."""
+    one_word = tmp_path / "zebra.txt"
+    one_word.write_text("zebra " * 4000)
+    ruined = tmp_path / "ruined"
+    done = run_cli("heal", str(pruned), "--out", str(ruined), "--data", str(one_word), "--holdout", "wikitext2",
+                   "--steps", "6", "--samples", "4", "--block-len", "32", "--lr", "0.1", "--holdout-every", "2")
+    assert done.returncode == 0, done.stderr
+    assert "healed 6 steps" in done.stdout and "merged step 0 (lowest held-out loss)" in done.stdout, done.stdout
+    report = json.loads((ruined / "grasprune.json").read_text())["heal"]
+    assert report["merged_step"] == report["holdout"]["best_step"] == 0 and report["steps"] == 6
+    curve = report["holdout"]["curve"]
+    assert [s for s, _ in curve] == [0, 2, 4, 6] and all(loss > curve[0][1] for _, loss in curve[1:])
+    before, after = load_file(str(pruned / "model.safetensors")), load_file(str(ruined / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    last = tmp_path / "last"  # the same heal without held-out text merges its last, worse step
+    heal(pruned, last, HealConfig(**{**QUICK, "data": str(one_word), "lr": 0.1, "holdout": "none"}))
+    report = json.loads((last / "grasprune.json").read_text())["heal"]
+    assert report["merged_step"] == 6 and "holdout" not in report
+    assert not all(torch.equal(before[k], v) for k, v in load_file(str(last / "model.safetensors")).items())
+
+
+def test_the_held_out_blocks_follow_the_training_ones_or_come_from_their_own_text(pruned):
+    from grasprune.data import text_blocks
+    from grasprune.method.heal_holdout import heal_blocks
+
+    _, tokenizer = load_pruned(pruned)
+    every = text_blocks("wikitext2", tokenizer, 32)
+    train, held = heal_blocks(HealConfig(data="wikitext2", samples=4, block_len=32, holdout_samples=3), tokenizer)
+    assert torch.equal(train, every[:4]) and torch.equal(held, every[4:7])
+    cfg = HealConfig(data="wikitext2", samples=4, block_len=32, holdout="c4", holdout_samples=2)
+    assert torch.equal(heal_blocks(cfg, tokenizer)[1], calibration_blocks("c4", tokenizer, 2, 32))
+    assert heal_blocks(HealConfig(samples=4, block_len=32, holdout="none"), tokenizer)[1] is None
+    with pytest.raises(UserError, match="--holdout-samples 16 held out after them"):
+        heal_blocks(HealConfig(data="wikitext2#lines=0:20", samples=len(every), block_len=32), tokenizer)
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"steps": 0}, "--steps must be at least 1"),
+    ({"holdout_samples": 0}, "--holdout-samples must be at least 1"),
+    ({"holdout": "wikitext2#lines=0:50%"}, "--holdout is the training text"),
+    ({"holdout": " "}, "--holdout is empty"),
+    ({"holdout": "wikitext2#rows"}, "bad data slice"),
     ({"distill": 2.0}, "--distill is a loss weight"),
     ({"lr": 0.0}, "--lr must be positive"),
     ({"minutes": -1.0}, "--minutes must be positive"),

@@ -23,6 +23,7 @@ from grasprune.method.export import load_pruned
 from grasprune.method.heal import HealConfig, state_folder
 from studio import heal_jobs
 from studio.heal_jobs import create_heal_job, heal_job_in_root, list_heal_jobs, read_progress
+from studio.heal_view import merged_text
 
 from conftest import run_cli
 
@@ -56,8 +57,10 @@ def test_the_progress_reader_leaves_a_partial_last_line_for_later_and_folds_a_re
     log = EventLog(path)
     log.emit("phase", phase="loading")
     log.emit("phase", phase="healing", total=6, resumed_at=0)
+    log.emit("holdout", phase="healing", step=0, loss=9.5, best_step=0, best_loss=9.5)
     for n in (1, 2, 3):
         log.emit("step", **step(n, 10.0 - n))
+    log.emit("holdout", phase="healing", step=3, loss=7.5, best_step=3, best_loss=7.5)
     with open(path, "a") as handle:
         handle.write('{"type":"step","phase":"healing","step":4,"total":6,"lo')  # being written
     progress = read_progress(path)
@@ -74,11 +77,14 @@ def test_the_progress_reader_leaves_a_partial_last_line_for_later_and_folds_a_re
     log.emit("phase", phase="healing", total=6, resumed_at=2)
     for n in (3, 4, 5, 6):
         log.emit("step", **step(n, 5.0 - n / 10))
+    log.emit("holdout", phase="healing", step=3, loss=7.4, best_step=3, best_loss=7.4)  # replayed: replaces
+    log.emit("holdout", phase="healing", step=6, loss=8.0, best_step=3, best_loss=7.4)
     log.emit("phase", phase="merging")
     log.emit("done", out="healed", steps=6, elapsed_s=0.6)
     progress = read_progress(path, progress)
     assert progress.loss["healing"] == [(1, 9.0), (2, 8.0), (3, 4.7), (4, 4.6), (5, 4.5), (6, 4.4)]
     assert progress.done["steps"] == 6 and not progress.stopped and progress.attempts == 2
+    assert progress.holdout == {0: 9.5, 3: 7.4, 6: 8.0} and progress.best == (3, 7.4)
     path.write_text("")  # a new file under the same name: read from its start
     assert read_progress(path, progress).loss == {}
     assert read_progress(tmp_path / "missing.jsonl").loss == {}
@@ -106,7 +112,8 @@ def test_a_jobs_state_comes_from_its_exit_code_else_from_its_events(tmp_path):
 
 def test_the_shown_command_parses_back_to_the_same_settings(tmp_path):
     cfg = HealConfig(steps=12, minutes=2.5, lr=3e-4, rank=4, alpha=8, data="c4", samples=16, block_len=64,
-                     distill=0.25, seed=3, checkpoint_every=5)
+                     distill=0.25, seed=3, checkpoint_every=5, holdout="wikitext2#lines=0:10%", holdout_samples=8,
+                     holdout_every=7)
     command = heal_command(tmp_path / "a pruned", tmp_path / "out", cfg, overwrite=True)
     args = build_parser().parse_args(shlex.split(command)[1:])
     assert HealConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(HealConfig)}) == cfg
@@ -168,6 +175,8 @@ def test_a_heal_started_on_the_page_shows_its_live_loss_stops_resumes_and_finish
     assert report["steps"] > stopped_at and progress.attempts == 2
     assert [s for s, _ in progress.loss["healing"]] == list(range(1, report["steps"] + 1))  # one curve
     assert report["last_losses"][-1] == pytest.approx(progress.loss["healing"][-1][1], abs=1e-5)
+    assert progress.best is not None and progress.best[0] == report["holdout"]["best_step"] == report["merged_step"]
+    assert "Best held-out loss" in [m.label for m in at.metric] and any(merged_text(report) in m.value for m in at.markdown)
     assert not state_folder(out).exists()
     assert any(c.value.startswith(f"grasprune ppl --model {out}") for c in at.code)
     model, _ = load_pruned(out)

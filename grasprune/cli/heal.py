@@ -27,6 +27,10 @@ HELP = {
                "forward pass per step)",
     "seed": "seed of the data order and the adapters' initialisation",
     "checkpoint_every": "save the adapters and optimiser every N steps (a stopped heal resumes from the last)",
+    "holdout": "held-out text the merged step is chosen on (the lowest loss): next (the blocks right after the "
+               "training ones in --data), a data spec like --data's, or none (merge the last step)",
+    "holdout_samples": "held-out blocks of --block-len tokens",
+    "holdout_every": "measure the held-out loss every N steps (and at the start and the end)",
 }
 
 
@@ -67,7 +71,8 @@ def run(args) -> int:
                      kind=type(err).__name__)
         raise
     done = report["heal"]
-    print(f"healed {done['steps']} steps in {done['elapsed_s']:.0f}s: {args.out}")
+    merged = "" if done["merged_step"] == done["steps"] else f", merged step {done['merged_step']} (lowest held-out loss)"
+    print(f"healed {done['steps']} steps in {done['elapsed_s']:.0f}s{merged}: {args.out}")
     return 0
 
 
@@ -99,5 +104,8 @@ def progress_printer(cfg: HealConfig):
         if kind == "step" and (fields["step"] % every == 0 or fields["step"] == fields["total"]):
             print(f"step {fields['step']}/{fields['total']}  loss {fields['loss']:.4f}  {fields['elapsed_s']:.0f}s",
                   flush=True)
+        if kind == "holdout":
+            print(f"held-out loss {fields['loss']:.4f} at step {fields['step']}  (best: step {fields['best_step']}, "
+                  f"{fields['best_loss']:.4f})", flush=True)
 
     return emit

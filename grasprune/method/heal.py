@@ -5,7 +5,9 @@ Pruning removes units; a short low-rank fine-tune lets the kept ones take over s
 the teacher). The backbone stays frozen: only LoRA adapters (peft) on the attention and MLP linears
 learn, with AdamW at a constant learning rate, one calibration block per step, the data order a
 permutation per (seed, epoch) as in gate training. At the end the adapters are merged into the weights,
-so the healed checkpoint has exactly the source's shapes, files and loading paths.
+so the healed checkpoint has exactly the source's shapes, files and loading paths: those of the step with
+the lowest loss on held-out text (``heal_holdout``), so a long heal that overfits its calibration blocks
+gives back its best step, not its last.
 
 Stopping is safe: every ``checkpoint_every`` steps and on stop, the adapters, the optimiser state and
 the step are written atomically to a state folder beside the output; the same command resumes there
@@ -25,11 +27,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from grasprune.atomic import write_atomic, write_folder_atomic, write_json_atomic
-from grasprune.config import HealConfig
-from grasprune.data import calibration_blocks, check_sources
+from grasprune.config import HOLDOUT_NEXT, HealConfig
+from grasprune.data import check_sources
 from grasprune.errors import Stopped, UserError
 from grasprune.events import Emit, no_events
 from grasprune.method.export import checked_pruned_folder, load_pruned
+from grasprune.method.heal_holdout import BestAdapters, heal_blocks
 from grasprune.method.train import epoch_order
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -72,16 +75,19 @@ class HealState:
     def __init__(self, folder: Path, cfg: HealConfig):
         self.folder, self.cfg = folder, cfg
 
-    def save(self, params: dict, optimizer, step: int, elapsed: float) -> None:
+    def save(self, params: dict, optimizer, step: int, elapsed: float, best: BestAdapters | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"param/{k}": v.detach().contiguous() for k, v in params.items()}
         for name, p in params.items():
             for key, value in optimizer.state.get(p, {}).items():
                 if torch.is_tensor(value):
                     tensors[f"{key}/{name}"] = value.contiguous()
+        info = {"step": step, "elapsed_s": elapsed, "settings": self.cfg.identity()}
+        if best is not None:
+            info["holdout"], best_tensors = best.state()
+            tensors.update(best_tensors)
         write_atomic(self.folder / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-        write_json_atomic(self.folder / "state.json", {"step": step, "elapsed_s": elapsed,
-                                                        "settings": self.cfg.identity()})
+        write_json_atomic(self.folder / "state.json", info)
 
     def saved(self) -> dict | None:
         """The saved step, time and settings (None before the first save); refused if of other settings."""
@@ -94,11 +100,13 @@ class HealState:
                             "--restart to discard it")
         return info
 
-    def restore(self, params: dict, optimizer) -> tuple[int, float]:
+    def restore(self, params: dict, optimizer, best: BestAdapters | None = None) -> tuple[int, float]:
         info = self.saved()
         if info is None:
             return 0, 0.0
         tensors = load_file(str(self.folder / "state.safetensors"))
+        if best is not None and "holdout" in info:
+            best.load_state(info["holdout"], tensors)
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(tensors[f"param/{name}"])
@@ -119,7 +127,8 @@ def check_heal(source: str | Path, out: str | Path, cfg: HealConfig, overwrite: 
         raise UserError(f"output folder {out} exists: pass --overwrite or another --out")
     if not restart:
         HealState(state_folder(out), cfg).saved()
-    check_sources([cfg.data], [])
+    own_holdout = cfg.uses_holdout and cfg.holdout.strip() != HOLDOUT_NEXT
+    check_sources([cfg.data] + [cfg.holdout] * own_holdout, [])
     return source, out
 
 
@@ -128,35 +137,44 @@ def heal(source: str | Path, out: str | Path, cfg: HealConfig, emit: Emit = no_e
     """Heal the checkpoint at ``source`` into ``out``; return the report written into its grasprune.json.
 
     ``emit`` gets the events a run's log has (``phase`` loading, healing, merging; ``step`` with the loss and
-    the training time so far; ``stopped``; ``done``): ``grasprune heal --events FILE`` appends them to FILE."""
+    the training time so far; ``holdout`` with the held-out loss and the best step so far; ``stopped``;
+    ``done`` with the step merged): ``grasprune heal --events FILE`` appends them to FILE."""
     source, out = check_heal(source, out, cfg, overwrite, restart)
     state = HealState(state_folder(out), cfg)
     if restart:
         shutil.rmtree(state.folder, ignore_errors=True)
     emit("phase", phase="loading")
     model, tokenizer = load_pruned(source, dtype=torch.float32)
-    blocks = calibration_blocks(cfg.data, tokenizer, cfg.samples, cfg.block_len)
+    blocks, held_out = heal_blocks(cfg, tokenizer)
+    best = None if held_out is None else BestAdapters(held_out, cfg.holdout_every)
     teacher = dense_teacher(source) if cfg.distill > 0 else None
     peft_model = with_lora(model, cfg)
     params = adapter_tensors(peft_model)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
-    step, elapsed = state.restore(params, optimizer)
+    step, elapsed = state.restore(params, optimizer, best)
     emit("phase", phase="healing", total=cfg.steps, resumed_at=step)
-    losses, done = train_adapters(peft_model, blocks, teacher, optimizer, params, state, cfg, step, elapsed, emit, stop)
+    losses, done = train_adapters(peft_model, blocks, teacher, optimizer, params, state, cfg, step, elapsed, emit, stop,
+                                  best=best)
     emit("phase", phase="merging")
+    if best is not None:
+        best.restore_best(params)
     merged = peft_model.merge_and_unload()
-    report = heal_report(source, cfg, done, losses)
+    report = heal_report(source, cfg, done, losses, best)
     write_folder_atomic(out, lambda tmp: write_healed(source, tmp, merged, report), overwrite=True)
     shutil.rmtree(state.folder, ignore_errors=True)
-    emit("done", out=str(out), steps=done["steps"], elapsed_s=done["elapsed_s"])
+    emit("done", out=str(out), steps=done["steps"], elapsed_s=done["elapsed_s"], merged_step=report["heal"]["merged_step"])
     return report
 
 
 def train_adapters(model, blocks, teacher, optimizer, params, state: HealState, cfg: HealConfig, step: int,
-                   elapsed: float, emit: Emit, stop) -> tuple[list[float], dict]:
-    """The training loop from ``step``; returns the losses of this call and what was done in total."""
+                   elapsed: float, emit: Emit, stop, best: BestAdapters | None = None) -> tuple[list[float], dict]:
+    """The training loop from ``step``; returns the losses of this call and what was done in total. With
+    ``best``, the held-out loss is measured at the start, every ``holdout_every`` steps and at the end (the
+    time it takes counts as training time: ``--minutes`` bounds the whole heal)."""
     losses: list[float] = []
     started = time.perf_counter() - elapsed
+    if best is not None and step == 0:
+        measure_holdout(model, params, best, 0, emit)
     model.train()
     while step < cfg.steps:
         epoch, index = divmod(step, blocks.shape[0])
@@ -170,8 +188,10 @@ def train_adapters(model, blocks, teacher, optimizer, params, state: HealState, 
         spent = time.perf_counter() - started
         emit("step", phase="healing", step=step, total=cfg.steps, loss=round(losses[-1], 5), elapsed_s=round(spent, 2))
         out_of_time = cfg.minutes is not None and spent >= 60 * cfg.minutes
+        if best is not None and best.due(step, last=out_of_time or step == cfg.steps):
+            measure_holdout(model, params, best, step, emit)
         if step % cfg.checkpoint_every == 0 or (stop is not None and stop.is_set()):
-            state.save(params, optimizer, step, spent)
+            state.save(params, optimizer, step, spent, best)
         if stop is not None and stop.is_set():
             emit("stopped", phase="healing", step=step, total=cfg.steps)
             raise Stopped(f"stopped during healing at step {step} of {cfg.steps}")
@@ -179,6 +199,12 @@ def train_adapters(model, blocks, teacher, optimizer, params, state: HealState, 
             break
     model.eval()
     return losses, {"steps": step, "elapsed_s": round(time.perf_counter() - started, 2)}
+
+
+def measure_holdout(model, params: dict, best: BestAdapters, step: int, emit: Emit) -> None:
+    loss = best.measure(model, params, step)
+    emit("holdout", phase="healing", step=step, loss=round(loss, 5), best_step=best.best_step,
+         best_loss=round(best.best_loss, 5))
 
 
 def dense_teacher(source: Path):
@@ -192,10 +218,15 @@ def dense_teacher(source: Path):
     return teacher.requires_grad_(False).eval()
 
 
-def heal_report(source: Path, cfg: HealConfig, done: dict, losses: list[float]) -> dict:
+def heal_report(source: Path, cfg: HealConfig, done: dict, losses: list[float], best: BestAdapters | None) -> dict:
+    """The source's report with a ``heal`` section: the steps trained, the step merged (the best held-out one,
+    or the last without held-out text) and the held-out curve."""
     report = json.loads((source / "grasprune.json").read_text())
     report["heal"] = {"source": str(source), "settings": dataclasses.asdict(cfg), **done,
+                      "merged_step": done["steps"] if best is None else best.best_step,
                       "last_losses": [round(x, 5) for x in losses[-10:]]}
+    if best is not None:
+        report["heal"]["holdout"] = best.summary()
     report["metrics"] = {}  # the source's figures are not this model's
     return report
 

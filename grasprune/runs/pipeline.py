@@ -99,8 +99,8 @@ def _prune(config: PruneConfig, run: Run, emit, stop, overwrite: bool) -> dict:
     rule = projection_rule(config)
     project(torch.zeros(layout.num_units), layout, budget, **rule)  # fails early on an impossible budget
     calib = calibration_blocks(config.calib_data, tokenizer, config.calib_samples, config.block_len)
-    rescale = (calibration_blocks(config.rescale_data, tokenizer, config.rescale_samples, config.block_len)
-               if config.rescale_epochs > 0 else None)
+    rescale = (calibration_blocks(config.rescale_data, tokenizer, config.rescale_samples, config.block_len,
+                                  samples_flag="--rescale-samples") if config.rescale_epochs > 0 else None)
     timing["load_s"] = round(time.perf_counter() - started, 2)
     emit("model", total_params=total_before, prunable_params=layout.prunable_params, budget=budget,
          layers=layout.to_json()["layers"], group_size=layout.group_size)
