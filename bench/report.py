@@ -37,6 +37,15 @@ ALIGN_PRUNE_COMMAND = ("grasprune prune --model {model} --keep-ratio {keep} --al
 # Commands of the one-off runs (their NOTE.md says the same); the first matching pattern wins, and a file
 # matching none gets its benchmark's command from bench/README.md's table.
 COMMANDS = {
+    "heal-2026-12-07-taylor-0.7/heal.json": (
+        "grasprune prune --model smollm2-135m --keep-ratio 0.7 --method taylor --eval none --no-eval-dense --out DIR "
+        "&& python -m bench.heal --checkpoints DIR --marks 5,15,30 --out bench/results/heal-2026-12-07-taylor-0.7"),
+    "heal-2026-12-07-taylor-0.5/heal.json": (
+        "grasprune prune --model smollm2-135m --keep-ratio 0.5 --method taylor --eval none --no-eval-dense --out DIR "
+        "&& python -m bench.heal --checkpoints DIR --marks 5,15,30 --out bench/results/heal-2026-12-07-taylor-0.5"),
+    "heal-2026-12-07-guided-0.5/heal.json": (
+        "grasprune prune --model smollm2-135m --keep-ratio 0.5 --eval none --no-eval-dense --out DIR && "
+        "python -m bench.heal --checkpoints DIR --marks 5,15,30 --out bench/results/heal-2026-12-07-guided-0.5"),
     "heal-2026-12-07/heal.json": (
         "grasprune prune --model smollm2-135m --keep-ratio 0.7 --eval none --no-eval-dense --out DIR && "
         "python -m bench.heal --checkpoints DIR --marks 5,15,30"),
