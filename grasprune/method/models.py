@@ -6,6 +6,8 @@ caller opts in, and ``trust_remote_code`` is off unless the caller opts in.
 
 from __future__ import annotations
 
+import functools
+import glob
 import hashlib
 import importlib.util
 import json
@@ -207,10 +209,30 @@ def _load_from_hub(spec: str, dtype, device, trust_remote_code: bool, allow_pick
 
 
 def converted_gguf_folder(gguf: Path) -> Path:
-    """Where the dequantised copy of a GGUF file is cached (see ``_converted_gguf_folder``)."""
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+    """Where the dequantised copy of a GGUF file is cached (see ``_converted_gguf_folder``): keyed by the
+    file's contents, so a reinstall (a new path, a new mtime) finds the copy an earlier install made."""
+    stat = Path(gguf).resolve().stat()
+    key = _content_key(str(Path(gguf).resolve()), stat.st_size, stat.st_mtime_ns)
+    return cache_dir() / "models" / f"{Path(gguf).stem}-{key}"
+
+
+@functools.lru_cache(maxsize=16)
+def _content_key(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of the file (a 100 MB GGUF: a fraction of a second, once per process and file version)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _evict_older_copies(folder: Path) -> None:
+    """One cached copy per GGUF file name: the copies of earlier contents (or of the path-keyed layout
+    before) are ~540 MB each for SmolLM2 and would pile up with every reinstall."""
+    stem = folder.name.rsplit("-", 1)[0]
+    for other in folder.parent.glob(f"{glob.escape(stem)}-*"):
+        if other != folder and other.is_dir() and re.fullmatch(r"[0-9a-f]{16}", other.name[len(stem) + 1:]):
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def is_converted(folder: Path) -> bool:
@@ -239,6 +261,7 @@ def _converted_gguf_folder(gguf: Path) -> Path:
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _evict_older_copies(folder)
     return folder
 
 
