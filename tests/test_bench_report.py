@@ -112,11 +112,14 @@ def test_the_readme_table_holds_the_files_numbers_and_leaves_out_rows_without_a_
     (ours,) = [p for p in keep["points"] if p["group"] == "grasprune (guided)" and p["x"] == 0.5]
     full = headline.table(RESULTS)
     assert f"GRASPrune {ours['metrics']['wikitext2']['mean']:,.2f} (" in full
-    for path in RESULTS.glob("heal-*/heal*.json"):  # ours and LLM-Pruner-style taylor + LoRA
-        for row in json.loads(path.read_text())["rows"]:
-            before, *marks = (p["wikitext2"] for p in row["points"])
-            shown = [f"**{m:,.2f}**" if m == min(marks) else f"{m:,.2f}" for m in marks]
-            assert f"{before:,.2f} → {shown[0]} (" in full and all(f"{m} (" in full for m in shown), path
+    newest = {}  # per keep ratio and method (ours and LLM-Pruner-style taylor + LoRA), the newest file's row
+    for path in sorted(RESULTS.glob("heal-*/heal*.json")):
+        newest.update({(row["keep_ratio"], row["method"]): (path, row) for row in json.loads(path.read_text())["rows"]})
+    assert {method for _, method in newest} == {"grasprune", "taylor"}
+    for path, row in newest.values():
+        before, *marks = (p["wikitext2"] for p in row["points"])
+        shown = [f"**{m:,.2f}**" if m == min(marks) else f"{m:,.2f}" for m in marks]
+        assert f"{before:,.2f} → {shown[0]} (" in full and all(f"{m} (" in full for m in shown), path
     (tmp_path / "study-keep").mkdir()
     (tmp_path / "study-keep" / "summary.json").write_text(json.dumps(keep))
     only_keep = headline.table(tmp_path)
