@@ -399,6 +399,12 @@ class HealConfig:
     def uses_holdout(self) -> bool:
         return self.holdout.strip().lower() != HOLDOUT_NONE
 
+    @property
+    def holdout_source(self) -> str | None:
+        """The held-out text's own data spec; None for ``next`` (inside ``data``) and ``none``."""
+        spec = self.holdout.strip()
+        return None if spec.lower() in (HOLDOUT_NEXT, HOLDOUT_NONE) else spec
+
     def identity(self) -> dict:
         """The settings a resumed run must share (the time limit may change between tries)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "minutes"}

@@ -143,6 +143,7 @@ def test_the_held_out_blocks_follow_the_training_ones_or_come_from_their_own_tex
     cfg = HealConfig(data="wikitext2", samples=4, block_len=32, holdout="c4", holdout_samples=2)
     assert torch.equal(heal_blocks(cfg, tokenizer)[1], calibration_blocks("c4", tokenizer, 2, 32))
     assert heal_blocks(HealConfig(samples=4, block_len=32, holdout="none"), tokenizer)[1] is None
+    assert HealConfig(holdout=" Next ").holdout_source is None and not HealConfig(holdout="NONE").uses_holdout
     with pytest.raises(UserError, match="--holdout-samples 16 held out after them"):
         heal_blocks(HealConfig(data="wikitext2#lines=0:20", samples=len(every), block_len=32), tokenizer)
 

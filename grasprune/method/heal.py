@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from grasprune.atomic import write_atomic, write_folder_atomic, write_json_atomic
-from grasprune.config import HOLDOUT_NEXT, HealConfig
+from grasprune.config import HealConfig
 from grasprune.data import check_sources
 from grasprune.errors import Stopped, UserError
 from grasprune.events import Emit, no_events
@@ -127,8 +127,7 @@ def check_heal(source: str | Path, out: str | Path, cfg: HealConfig, overwrite: 
         raise UserError(f"output folder {out} exists: pass --overwrite or another --out")
     if not restart:
         HealState(state_folder(out), cfg).saved()
-    own_holdout = cfg.uses_holdout and cfg.holdout.strip() != HOLDOUT_NEXT
-    check_sources([cfg.data] + [cfg.holdout] * own_holdout, [])
+    check_sources([cfg.data] + ([cfg.holdout_source] if cfg.holdout_source else []), [])
     return source, out
 
 

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from grasprune.config import HOLDOUT_NEXT, HealConfig
+from grasprune.config import HealConfig
 from grasprune.data import calibration_blocks, text_blocks
 from grasprune.errors import UserError
 
@@ -26,9 +26,9 @@ def heal_blocks(cfg: HealConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor 
     """The training blocks and the held-out ones (None when ``--holdout none``)."""
     if not cfg.uses_holdout:
         return calibration_blocks(cfg.data, tokenizer, cfg.samples, cfg.block_len, samples_flag="--samples"), None
-    if cfg.holdout.strip() != HOLDOUT_NEXT:
+    if cfg.holdout_source is not None:
         train = calibration_blocks(cfg.data, tokenizer, cfg.samples, cfg.block_len, samples_flag="--samples")
-        held = calibration_blocks(cfg.holdout, tokenizer, cfg.holdout_samples, cfg.block_len,
+        held = calibration_blocks(cfg.holdout_source, tokenizer, cfg.holdout_samples, cfg.block_len,
                                   samples_flag="--holdout-samples")
         return train, held
     blocks = text_blocks(cfg.data, tokenizer, cfg.block_len)
