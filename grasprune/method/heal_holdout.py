@@ -24,12 +24,10 @@ from grasprune.errors import UserError
 
 def heal_blocks(cfg: HealConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The training blocks and the held-out ones (None when ``--holdout none``)."""
-    if not cfg.uses_holdout:
-        return calibration_blocks(cfg.data, tokenizer, cfg.samples, cfg.block_len, samples_flag="--samples"), None
-    if cfg.holdout_source is not None:
+    if cfg.holdout_source is not None or not cfg.uses_holdout:  # the held-out text is not inside ``data``
         train = calibration_blocks(cfg.data, tokenizer, cfg.samples, cfg.block_len, samples_flag="--samples")
-        held = calibration_blocks(cfg.holdout_source, tokenizer, cfg.holdout_samples, cfg.block_len,
-                                  samples_flag="--holdout-samples")
+        held = None if cfg.holdout_source is None else calibration_blocks(
+            cfg.holdout_source, tokenizer, cfg.holdout_samples, cfg.block_len, samples_flag="--holdout-samples")
         return train, held
     blocks = text_blocks(cfg.data, tokenizer, cfg.block_len)
     wanted = cfg.samples + cfg.holdout_samples

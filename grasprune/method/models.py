@@ -211,8 +211,9 @@ def _load_from_hub(spec: str, dtype, device, trust_remote_code: bool, allow_pick
 def converted_gguf_folder(gguf: Path) -> Path:
     """Where the dequantised copy of a GGUF file is cached (see ``_converted_gguf_folder``): keyed by the
     file's contents, so a reinstall (a new path, a new mtime) finds the copy an earlier install made."""
-    stat = Path(gguf).resolve().stat()
-    key = _content_key(str(Path(gguf).resolve()), stat.st_size, stat.st_mtime_ns)
+    path = Path(gguf).resolve()
+    stat = path.stat()
+    key = _content_key(str(path), stat.st_size, stat.st_mtime_ns)
     return cache_dir() / "models" / f"{Path(gguf).stem}-{key}"
 
 
