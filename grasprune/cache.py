@@ -17,6 +17,9 @@ from grasprune.errors import UserError
 
 # Below this many characters tokenizing costs less than reading the cache file back.
 MIN_CACHED_CHARS = 64 * 1024
+# The token files' total size is kept under this (oldest-read files removed first); $GRASPRUNE_TOKEN_CACHE_MB
+# overrides it. WikiText-2's test split is ~1.2 MB of ids, so the default keeps hundreds of texts.
+TOKEN_CACHE_MB = 256
 # Its ids (with the call's special-token setting) go into the key: they catch a tokenizer whose Python
 # side adds tokens that its backend JSON does not say.
 PROBE = "Probe: 12 tokens, café\n\n = = x = =\n"
@@ -37,6 +40,7 @@ def cached_tokens(text: str, tokenizer, add_special_tokens: bool) -> torch.Tenso
     if path is not None:
         stored = _read_tokens(path)
         if stored is not None:
+            _touch(path)
             return stored
     ids = tokenizer(text, add_special_tokens=add_special_tokens, return_attention_mask=False).input_ids
     tokens = torch.tensor(ids, dtype=torch.long)
@@ -78,4 +82,84 @@ def _write_tokens(path: Path, tokens: torch.Tensor) -> None:
     try:
         write_atomic(path, lambda tmp: save_file({"ids": tokens.to(torch.int32)}, str(tmp)))
     except UserError:  # a read-only or full cache folder: the ids are still right, only not kept
+        return
+    trim_least_recently_read(path.parent, token_cache_limit_bytes(), keep=path)
+
+
+def token_cache_limit_bytes() -> int:
+    raw = os.environ.get("GRASPRUNE_TOKEN_CACHE_MB", "")
+    try:
+        megabytes = float(raw) if raw.strip() else TOKEN_CACHE_MB
+    except ValueError:
+        raise UserError(f"GRASPRUNE_TOKEN_CACHE_MB={raw!r} is not a number: set it to a size in MB, "
+                        "e.g. 256") from None
+    return max(0, int(megabytes * 2**20))
+
+
+def _touch(path: Path) -> None:
+    """A read marks the file as recently used (its mtime: atime is often off or coarse on Linux mounts)."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache: eviction order is only a little less fair
         pass
+
+
+def trim_least_recently_read(folder: Path, limit_bytes: int, keep: Path | None = None) -> list[Path]:
+    """Remove the least recently read ``*.safetensors`` files of ``folder`` until the rest fit in
+    ``limit_bytes``; ``keep`` (the file just written) always stays. Returns the removed files."""
+    entries = []
+    for file in folder.glob("*.safetensors"):
+        try:
+            stat = file.stat()
+        except OSError:  # removed by another process meanwhile
+            continue
+        entries.append((stat.st_mtime, stat.st_size, file))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, file in sorted(entries, key=lambda entry: entry[0]):
+        if total <= limit_bytes:
+            break
+        if file == keep:
+            continue
+        try:
+            file.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(file)
+    return removed
+
+
+# What each part of the cache holds, for `grasprune cache` (every part can be rebuilt).
+PARTS = {
+    "models": "GGUF models converted to safetensors (rebuilt on the next load: ~30 s for SmolLM2)",
+    "tokens": "tokenized text (rebuilt on the next read: seconds)",
+    "dense-ppl": "dense-model perplexities (measured again on the next run that compares with them)",
+}
+
+
+def cache_usage() -> dict[str, tuple[int, int]]:
+    """Files and bytes in each part of the cache (zeros for a part not made yet)."""
+    usage = {}
+    for part in PARTS:
+        files = [f for f in (cache_dir() / part).rglob("*") if f.is_file()] if (cache_dir() / part).is_dir() else []
+        usage[part] = (len(files), sum(f.stat().st_size for f in files))
+    return usage
+
+
+def clear_cache(parts: list[str]) -> dict[str, int]:
+    """Remove these parts of the cache (names from ``PARTS``); returns the bytes freed per part."""
+    import shutil
+
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown:
+        raise UserError(f"unknown cache part {', '.join(unknown)}: choose from {', '.join(PARTS)} or all")
+    freed = {}
+    for part in parts:
+        folder = cache_dir() / part
+        freed[part] = cache_usage()[part][1]
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.is_symlink():  # never follow a link out of the cache: remove the link only
+            folder.unlink()
+    return freed

@@ -2,12 +2,15 @@
 when the tokenizer, the text or the special-token setting changes."""
 
 import copy
+import os
 
 import pytest
 import torch
 
 from grasprune import cache
+from grasprune.cli.main import main as cli_main
 from grasprune.data import read_source, tokenize_source
+from grasprune.errors import UserError
 
 
 class CountingTokenizer:
@@ -82,3 +85,44 @@ def test_short_texts_are_not_cached(cache_root, smol_tokenizer):
     assert len(short.text()) < cache.MIN_CACHED_CHARS
     assert torch.equal(tokenize_source(short, smol_tokenizer, True), uncached(short, smol_tokenizer, True))
     assert not (cache_root / "tokens").exists()
+
+
+def test_the_cache_stays_under_its_size_dropping_the_least_recently_read(cache_root, monkeypatch, smol_tokenizer):
+    texts = [read_source(f"wikitext2#lines={start}:{start + 600}", "evaluation") for start in (0, 600, 1200)]
+    first = tokenize_source(texts[0], smol_tokenizer, True)
+    (first_file,) = (cache_root / "tokens").glob("*.safetensors")
+    one_file_mb = first_file.stat().st_size / 2**20
+    monkeypatch.setenv("GRASPRUNE_TOKEN_CACHE_MB", str(2.5 * one_file_mb))  # room for two of these
+    tokenize_source(texts[1], smol_tokenizer, True)
+    os.utime(first_file, (1, 1))  # read long ago...
+    assert torch.equal(tokenize_source(texts[0], smol_tokenizer, True), first)  # ...and read again now
+    tokenize_source(texts[2], smol_tokenizer, True)  # a third file: the least recently read (texts[1]) goes
+    kept = set((cache_root / "tokens").glob("*.safetensors"))
+    assert len(kept) == 2 and first_file in kept
+    writes = []
+    monkeypatch.setattr(cache, "_write_tokens", lambda path, tokens: writes.append(path))
+    tokenize_source(texts[0], smol_tokenizer, True)
+    tokenize_source(texts[2], smol_tokenizer, True)
+    assert writes == []  # both kept texts come from the cache
+
+
+def test_a_size_that_is_not_a_number_is_one_clear_error(cache_root, monkeypatch, smol_tokenizer, wikitext):
+    monkeypatch.setenv("GRASPRUNE_TOKEN_CACHE_MB", "lots")
+    with pytest.raises(UserError, match="GRASPRUNE_TOKEN_CACHE_MB='lots' is not a number"):
+        tokenize_source(wikitext, smol_tokenizer, True)
+
+
+def test_grasprune_cache_shows_each_part_and_clears_one(cache_root, smol_tokenizer, wikitext, capsys):
+    tokenize_source(wikitext, smol_tokenizer, True)
+    (cache_root / "dense-ppl").mkdir()
+    (cache_root / "dense-ppl" / "a.json").write_text("{}")
+    assert cli_main(["cache"]) == 0
+    shown = capsys.readouterr().out
+    assert str(cache_root) in shown and "tokens" in shown and "    1 files" in shown
+    assert cli_main(["cache", "--clear", "tokens"]) == 0
+    assert "cleared tokens" in capsys.readouterr().out
+    assert not (cache_root / "tokens").exists() and (cache_root / "dense-ppl" / "a.json").is_file()
+    assert cli_main(["cache", "--clear", "all"]) == 0
+    assert not (cache_root / "dense-ppl").exists()
+    assert cli_main(["cache", "--clear", "weights"]) == 2
+    assert "unknown cache part weights" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from grasprune.cli import cache as cli_cache
 from grasprune.cli import heal as cli_heal
 from grasprune.cli.options import add_config_options, config_overrides, number
 from grasprune.cli.signals import stop_on_signals
@@ -241,7 +242,8 @@ def _mb(nbytes: int | None) -> str:
     return "unknown" if nbytes is None else f"{nbytes / 2**20:.1f} MB"
 
 
-COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect, "export": run_export, "heal": cli_heal.run}
+COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect, "export": run_export, "heal": cli_heal.run,
+            "cache": cli_cache.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_parser(sub)
     add_export_parser(sub)
     cli_heal.register(sub)
+    cli_cache.register(sub)
     try:
         from grasprune.cli import zeroshot as cli_zeroshot
 
