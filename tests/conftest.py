@@ -64,15 +64,14 @@ def tiny_training_setup(block_seed: int, blocks: int = 3, keep_ratio: float = 0.
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
+    """SmolLM2's tokenizer, read from the embedded model's converted copy: the first test to ask for it
+    converts the GGUF into the user cache (half a minute, once per machine), so the tests that load the
+    model after it find the copy, and reading the tokenizer from the folder is faster than from the GGUF."""
     from transformers import AutoTokenizer
 
-    from grasprune.method.models import (
-        embedded_gguf_path,
-        load_model,  # noqa: F401  (ensures the package imports)
-    )
+    from grasprune.method.models import _converted_gguf_folder, embedded_gguf_path
 
-    gguf = embedded_gguf_path()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(_converted_gguf_folder(embedded_gguf_path()))
 
 
 @pytest.fixture(scope="session")
