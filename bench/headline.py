@@ -77,7 +77,10 @@ def heal_rows(results: Path) -> list[list[str]]:
     measuring that method at that ratio)."""
     found: dict[tuple[float, str], tuple[Path, dict]] = {}
     for path in sorted(results.glob("heal-*/heal*.json")):
-        for row in (_load(path) or {}).get("rows", []):
+        data = _load(path) or {}
+        if data.get("conditions", {}).get("marks_steps"):  # marked by steps: not "by minutes of CPU"
+            continue
+        for row in data.get("rows", []):
             found[(row["keep_ratio"], row["method"])] = (path, row)
     rows = []
     for keep in sorted({k for k, _ in found}, reverse=True):

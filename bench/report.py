@@ -560,7 +560,16 @@ def section_soak(results: Path) -> list[str]:
 
 def heal_row(row: dict) -> list[str]:
     name = f"{row['method']} keep {row['keep_ratio']}" + (f" ({row['variant']})" if row['method'] == 'grasprune' else "")
-    return [name, *[f"{num(p['wikitext2'])} ({p['steps']} steps, {num(p['minutes'], 1)} min)" for p in row["points"]]]
+    return [name, *[heal_cell(p) for p in row["points"]]]
+
+
+def heal_cell(point: dict) -> str:
+    """Perplexity (steps, minutes); with held-out selection (``--holdout next``) also the perplexity of the best
+    held-out step so far, which is what ``grasprune heal`` would merge at that mark."""
+    cell = f"{num(point['wikitext2'])} ({point['steps']} steps, {num(point['minutes'], 1)} min)"
+    if "selected" in point:
+        cell += f"; merged by `grasprune heal`: **{num(point['selected']['wikitext2'])}** (step {point['selected']['step']})"
+    return cell
 
 
 def section_heal(results: Path) -> list[str]:
@@ -568,11 +577,14 @@ def section_heal(results: Path) -> list[str]:
         WikiText-2 perplexity of pruned checkpoints before LoRA healing and after each mark of training
         wall time (the evaluations not counted); `grasprune heal`'s defaults (rank 8 on every attention and
         MLP linear, lr 2e-4, blocks of 256 tokens of the calibration text). Cells: perplexity (steps,
-        minutes of training).""")
+        minutes of training). Runs with `--mark-steps` mark by training steps instead (the same on any
+        machine); runs with `--holdout next` also give what `grasprune heal` merges at each mark: the
+        adapters of the step with the lowest held-out loss so far.""")
     for path in files(results, "heal-*/*.json"):
         data = load(path)
         c, rows = data["conditions"], data["rows"]
-        marks = ["before", *[f"{m:g} min" for m in c["marks_min"]]]
+        marks = ["before", *([f"{m:g} min" for m in c["marks_min"]] if c.get("marks_min")
+                             else [f"{m:,} steps" for m in c["marks_steps"]])]
         extra = f"seqlen {c['seqlen']}, {c['windows']} windows, {c['threads']} threads, distill {c['distill']}, {c['date']}"
         lines += block(machine(c), path, results, command_for(path, results, "python -m bench.heal"),
                        ["checkpoint", *marks], [heal_row(r) for r in rows], extra)

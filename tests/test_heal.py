@@ -182,6 +182,24 @@ def test_the_heal_benchmark_measures_before_and_at_each_mark(pruned, tmp_path):
     assert all(p["wikitext2"] > 1 for p in points) and "| grasprune keep 0.6" in (tmp_path / "heal.md").read_text()
 
 
+def test_the_heal_benchmark_by_steps_also_measures_the_step_grasprune_heal_would_merge(pruned, tmp_path):
+    from bench.heal import main
+
+    common = ["--checkpoints", str(pruned), "--mark-steps", "2,4", "--seqlen", "32", "--windows", "2", "--threads", "1"]
+    assert main([*common, "--holdout", "next", "--out", str(tmp_path / "chosen")]) == 0
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    chosen, plain = (json.loads((tmp_path / name / "heal.json").read_text()) for name in ("chosen", "plain"))
+    points = chosen["rows"][0]["points"]
+    assert [p["steps"] for p in points] == [0, 2, 4] and chosen["conditions"]["marks_steps"] == [2, 4]
+    by_step = {p["steps"]: p["wikitext2"] for p in points}
+    for point in points[1:]:  # held out at step 0 and at each mark: the best is one of them, evaluated again
+        assert point["selected"]["wikitext2"] == by_step[point["selected"]["step"]]
+    # evaluating the best adapters puts the last ones back: the trajectory is the one without selection
+    assert [p["wikitext2"] for p in plain["rows"][0]["points"]] == [p["wikitext2"] for p in points]
+    assert chosen["rows"][0]["holdout"]["curve"][0][0] == 0 and "selected" not in plain["rows"][0]["points"][1]
+    assert "| before | 2 steps | 4 steps |" in (tmp_path / "chosen" / "heal.md").read_text()
+
+
 @needs_llama_cpp
 def test_a_healed_checkpoint_exports_to_gguf_and_runs_in_llama_cpp_as_in_transformers(pruned, tmp_path):
     """Healing keeps the checkpoint format, so everything downstream works on it: here GGUF and llama.cpp."""
