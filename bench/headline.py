@@ -140,7 +140,30 @@ def overhead_rows(results: Path) -> list[list[str]]:
              "`python -m bench.speed`, `bash bench/gpu.sh`"]]
 
 
-ROWS: tuple[Callable[[Path], list[list[str]]], ...] = (keep_rows, heal_rows, kv_rows, overhead_rows)
+def calibration_rows(results: Path) -> list[list[str]]:
+    """Keep-0.5 perplexity on each domain against the gate-training blocks, calibrated in and out of domain."""
+    path, summary = _study(results, "calibration")
+    if summary is None:
+        return []
+    at = {(p["group"], p["x"]): p for p in summary["points"]}
+    sizes = sorted({x for _, x in at})
+    cells = []
+    for domain, other in (("wikitext2", "c4"), ("c4", "wikitext2")):
+        own = [at[(domain, x)]["metrics"][domain] for x in sizes if (domain, x) in at]
+        if len(own) != len(sizes) or (other, sizes[-1]) not in at:
+            return []
+        curve = " → ".join(_ppl(m["mean"]) for m in own)
+        away = at[(other, sizes[-1])]["metrics"][domain]["mean"]
+        cells.append(f"{_NAMES[domain]} {curve} (calibrated on {_NAMES[other]}: {_ppl(away)})")
+    seeds = min(p["metrics"]["wikitext2"]["n"] for p in at.values())
+    name = (f"Keep-0.5 perplexity by gate-training blocks ({', '.join(map(str, sizes))}), calibrated on the "
+            f"domain evaluated, mean of {seeds} seeds")
+    return [[name, "; ".join(cells), _link(path, results), f"`{summary['command']}`"]]
+
+
+_NAMES = {"wikitext2": "WikiText-2", "c4": "C4"}
+
+ROWS: tuple[Callable[[Path], list[list[str]]], ...] = (keep_rows, heal_rows, calibration_rows, kv_rows, overhead_rows)
 
 
 def table(results: Path) -> str:

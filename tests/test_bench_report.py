@@ -122,11 +122,16 @@ def test_the_readme_table_holds_the_files_numbers_and_leaves_out_rows_without_a_
         before, *marks = (p["wikitext2"] for p in row["points"])
         shown = [f"**{m:,.2f}**" if m == min(marks) else f"{m:,.2f}" for m in marks]
         assert f"{before:,.2f} → {shown[0]} (" in full and all(f"{m} (" in full for m in shown), path
+    calibration = json.loads((RESULTS / "study-calibration" / "summary.json").read_text())
+    point = {(p["group"], p["x"]): p["metrics"] for p in calibration["points"]}
+    assert (f"WikiText-2 {point['wikitext2', 16]['wikitext2']['mean']:,.2f} → "
+            f"{point['wikitext2', 64]['wikitext2']['mean']:,.2f} → {point['wikitext2', 256]['wikitext2']['mean']:,.2f} "
+            f"(calibrated on C4: {point['c4', 256]['wikitext2']['mean']:,.2f})") in full
     (tmp_path / "study-keep").mkdir()
     (tmp_path / "study-keep" / "summary.json").write_text(json.dumps(keep))
     only_keep = headline.table(tmp_path)
     assert only_keep.count("\n| WikiText-2 perplexity") == 2 and "heal" not in only_keep
-    assert "KV cache" not in only_keep and "Gate-training" not in only_keep
+    assert "KV cache" not in only_keep and "Gate-training" not in only_keep and "gate-training blocks" not in only_keep
 
 
 def test_report_imports_no_torch():
