@@ -142,9 +142,19 @@ def cache_usage() -> dict[str, tuple[int, int]]:
     """Files and bytes in each part of the cache (zeros for a part not made yet)."""
     usage = {}
     for part in PARTS:
-        files = [f for f in (cache_dir() / part).rglob("*") if f.is_file()] if (cache_dir() / part).is_dir() else []
-        usage[part] = (len(files), sum(f.stat().st_size for f in files))
+        folder = cache_dir() / part
+        sizes = [_size_or_none(f) for f in folder.rglob("*")] if folder.is_dir() and not folder.is_symlink() else []
+        sizes = [size for size in sizes if size is not None]
+        usage[part] = (len(sizes), sum(sizes))
     return usage
+
+
+def _size_or_none(path: Path) -> int | None:
+    """A regular file's size; None for folders, links and files removed meanwhile by another process."""
+    try:
+        return path.stat().st_size if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
 
 
 def clear_cache(parts: list[str]) -> dict[str, int]:
@@ -154,10 +164,10 @@ def clear_cache(parts: list[str]) -> dict[str, int]:
     unknown = [part for part in parts if part not in PARTS]
     if unknown:
         raise UserError(f"unknown cache part {', '.join(unknown)}: choose from {', '.join(PARTS)} or all")
-    freed = {}
+    usage, freed = cache_usage(), {}
     for part in parts:
         folder = cache_dir() / part
-        freed[part] = cache_usage()[part][1]
+        freed[part] = usage[part][1]
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)
         elif folder.is_symlink():  # never follow a link out of the cache: remove the link only
