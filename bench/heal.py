@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, csv, set_threads, setting
+from bench.report import heal_cell
 from grasprune.atomic import write_json_atomic, write_text_atomic
 from grasprune.evaluation.perplexity import perplexity
 from grasprune.method.export import load_pruned
@@ -122,16 +123,8 @@ def table(rows: list[dict], conditions: dict) -> str:
              "| checkpoint | " + " | ".join(marks) + " |", "|---|" + "---:|" * len(marks)]
     for row in rows:
         name = f"{row['method']} keep {row['keep_ratio']}" + (f" ({row['variant']})" if row["method"] == "grasprune" else "")
-        lines.append(f"| {name} | " + " | ".join(point_cell(p) for p in row["points"]) + " |")
+        lines.append(f"| {name} | " + " | ".join(heal_cell(p) for p in row["points"]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def point_cell(point: dict) -> str:
-    """Perplexity (steps, minutes); with held-out selection, also what the best step so far gives."""
-    cell = f"{point['wikitext2']:,.2f} ({point['steps']} steps, {point['minutes']:g} min)"
-    if "selected" in point:
-        cell += f"; best held-out step {point['selected']['step']}: {point['selected']['wikitext2']:,.2f}"
-    return cell
 
 
 def main(argv: list[str] | None = None) -> int:
