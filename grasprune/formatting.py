@@ -32,3 +32,9 @@ def percent(value: float | None) -> str:
 def ratio(value: float | None) -> str:
     """How many times another value: ``×1.89``, ``×50.7``."""
     return BLANK if is_blank(value) else f"×{number(value)}"
+
+
+def megabytes(nbytes: int | None) -> str:
+    """A size in MiB with one decimal, as the CLI prints file and cache sizes: ``516.5 MB`` (``unknown``
+    where the size could not be read)."""
+    return "unknown" if nbytes is None else f"{nbytes / 2**20:.1f} MB"

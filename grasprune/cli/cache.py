@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from grasprune.cache import PARTS, cache_dir, cache_usage, clear_cache
+from grasprune.formatting import megabytes
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -24,17 +25,13 @@ def run(args: argparse.Namespace) -> int:
         parts = list(PARTS) if args.clear.strip().lower() == "all" else [p.strip() for p in args.clear.split(",")]
         freed = clear_cache(parts)
         for part, nbytes in freed.items():
-            print(f"cleared {part}: {_size(nbytes)} freed")
+            print(f"cleared {part}: {megabytes(nbytes)} freed")
         return 0
     print(f"cache: {cache_dir()}")
     usage = cache_usage()
     width = max(map(len, PARTS))
     for part, (files, nbytes) in usage.items():
-        print(f"  {part:<{width}}  {files:>5} files  {_size(nbytes):>9}  {PARTS[part]}")
+        print(f"  {part:<{width}}  {files:>5} files  {megabytes(nbytes):>9}  {PARTS[part]}")
     print(f"  {'total':<{width}}  {sum(f for f, _ in usage.values()):>5} files  "
-          f"{_size(sum(b for _, b in usage.values())):>9}")
+          f"{megabytes(sum(b for _, b in usage.values())):>9}")
     return 0
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MB"

@@ -16,6 +16,7 @@ from grasprune.cli.options import add_config_options, config_overrides, number
 from grasprune.cli.signals import stop_on_signals
 from grasprune.config import CPU_DEFAULTS, GPU_DEFAULTS, PruneConfig
 from grasprune.errors import UserError
+from grasprune.formatting import megabytes
 from grasprune.scaleout.allocator import keep_freed_memory
 from grasprune.serving.convert import DEFAULT_PRECISION, PRECISIONS
 from grasprune.serving.gguf_export import DEFAULT_GGUF_TYPE, GGUF_TYPES
@@ -215,8 +216,8 @@ def run_export(args) -> int:
     source = Path(args.dir).expanduser().resolve()
     base = json.loads((out / "grasprune.json").read_text()).get("base_model")
     original = weights_size(base) if base else None
-    print(f"wrote {out} ({args.dtype}): {_mb(folder_size(out))}; the checkpoint {_mb(folder_size(source))} "
-          f"({checkpoint_precision(source)}); the original model {_mb(original)} ({base})")
+    print(f"wrote {out} ({args.dtype}): {megabytes(folder_size(out))}; the checkpoint {megabytes(folder_size(source))} "
+          f"({checkpoint_precision(source)}); the original model {megabytes(original)} ({base})")
     return 0
 
 
@@ -229,17 +230,13 @@ def run_export_gguf(args) -> int:
     result = export_gguf(Path(args.dir), Path(args.out), args.gguf_type or DEFAULT_GGUF_TYPE, overwrite=args.overwrite)
     source = Path(args.dir).expanduser().resolve()
     types = ", ".join(f"{count} {name}" for name, count in sorted(result.tensor_types.items()))
-    print(f"wrote {result.gguf_file} ({result.gguf_type}: {_mb(result.size)}, tensors {types}) and "
-          f"{result.modelfile.name}; the checkpoint {_mb(folder_size(source))}")
+    print(f"wrote {result.gguf_file} ({result.gguf_type}: {megabytes(result.size)}, tensors {types}) and "
+          f"{result.modelfile.name}; the checkpoint {megabytes(folder_size(source))}")
     for note in result.notes:
         print(f"note: {note}")
     print(f"run it: llama-cli -m {shlex.quote(str(result.gguf_file))} -p 'Hello'  |  Ollama: cd "
           f"{shlex.quote(str(result.folder))} && ollama create NAME -f Modelfile")
     return 0
-
-
-def _mb(nbytes: int | None) -> str:
-    return "unknown" if nbytes is None else f"{nbytes / 2**20:.1f} MB"
 
 
 COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect, "export": run_export, "heal": cli_heal.run,
