@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, csv, set_threads, setting
-from bench.report import heal_cell
+from bench.report import heal_marks, heal_row
 from grasprune.atomic import write_json_atomic, write_text_atomic
 from grasprune.evaluation.perplexity import perplexity
 from grasprune.method.export import load_pruned
@@ -117,13 +117,10 @@ def table(rows: list[dict], conditions: dict) -> str:
     caption = (f"{conditions['cpu']}, {conditions['threads']} threads, seqlen {conditions['seqlen']}, "
                f"{conditions['windows']} windows; " + ("marks in training steps" if by_steps else
                                                        "minutes of training (evaluations not counted)"))
-    marks = ["before", *[f"{m:g} steps" if by_steps else f"{m:g} min"
-                         for m in conditions.get("marks_steps") or conditions["marks_min"]]]
+    marks = heal_marks(conditions)
     lines = ["# WikiText-2 perplexity after LoRA healing", "", caption, "",
              "| checkpoint | " + " | ".join(marks) + " |", "|---|" + "---:|" * len(marks)]
-    for row in rows:
-        name = f"{row['method']} keep {row['keep_ratio']}" + (f" ({row['variant']})" if row["method"] == "grasprune" else "")
-        lines.append(f"| {name} | " + " | ".join(heal_cell(p) for p in row["points"]) + " |")
+    lines += ["| " + " | ".join(heal_row(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -563,6 +563,13 @@ def heal_row(row: dict) -> list[str]:
     return [name, *[heal_cell(p) for p in row["points"]]]
 
 
+def heal_marks(conditions: dict) -> list[str]:
+    """Column headers of a heal table: before healing, then each mark in minutes or in steps (--mark-steps)."""
+    if conditions.get("marks_steps"):
+        return ["before", *[f"{m:,} steps" for m in conditions["marks_steps"]]]
+    return ["before", *[f"{m:g} min" for m in conditions["marks_min"]]]
+
+
 def heal_cell(point: dict) -> str:
     """Perplexity (steps, minutes); with held-out selection (``--holdout next``) also the perplexity of the best
     held-out step so far, which is what ``grasprune heal`` would merge at that mark."""
@@ -583,8 +590,7 @@ def section_heal(results: Path) -> list[str]:
     for path in files(results, "heal-*/*.json"):
         data = load(path)
         c, rows = data["conditions"], data["rows"]
-        marks = ["before", *([f"{m:g} min" for m in c["marks_min"]] if c.get("marks_min")
-                             else [f"{m:,} steps" for m in c["marks_steps"]])]
+        marks = heal_marks(c)
         extra = f"seqlen {c['seqlen']}, {c['windows']} windows, {c['threads']} threads, distill {c['distill']}, {c['date']}"
         lines += block(machine(c), path, results, command_for(path, results, "python -m bench.heal"),
                        ["checkpoint", *marks], [heal_row(r) for r in rows], extra)
