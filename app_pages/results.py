@@ -9,9 +9,11 @@ import streamlit as st
 
 from studio.results_view import (
     FOLDERS,
+    ROBUSTNESS_COMMAND,
     heal_figure,
     heal_rows,
     results_folder,
+    robustness_rows,
     study_figure,
     study_rows,
     summaries,
@@ -58,6 +60,17 @@ def healing(rows: list[dict]) -> None:
     st.plotly_chart(heal_figure(rows), key="results_heal")
 
 
+def robustness(rows: list[dict]) -> None:
+    st.subheader("One command, one quality: the default prune over seeds and thread counts")
+    st.caption("`grasprune prune`'s defaults run once per seed and thread count, WikiText-2 perplexity (64 windows of "
+               "512): the spread a user should expect from a single run.")
+    st.code(ROBUSTNESS_COMMAND, language="bash")
+    if not rows:
+        st.info("Not measured yet: the command above writes `bench/results/robustness/summary.json`.")
+        return
+    st.dataframe(rows, hide_index=True)
+
+
 def main() -> None:
     st.title("Results")
     folder = results_folder()
@@ -66,6 +79,7 @@ def main() -> None:
     found = summaries(folder)
     for name in FOLDERS:
         study(name, found.get(name))
+    robustness(robustness_rows(folder))
     healing(heal_rows(folder))
 
 

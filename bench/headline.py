@@ -47,10 +47,14 @@ def _seeded(point: dict) -> str:
 
 
 def keep_rows(results: Path) -> list[list[str]]:
-    """WikiText-2 perplexity at keep 0.7 and 0.5: dense, GRASPrune over its seeds, the best baseline."""
+    """WikiText-2 perplexity at keep 0.7 and 0.5: dense, GRASPrune, the best baseline. GRASPrune's figure is
+    the robustness bench's (today's defaults over seeds and thread counts) where it has the ratio, else the
+    keep study's over its seeds."""
     path, summary = _study(results, "keep")
     if summary is None:
         return []
+    robust_path = results / ROBUSTNESS
+    robust = {row["keep_ratio"]: row for row in _load(robust_path) or [] if row["tag"] == "default"}
     rows = []
     for keep in (0.7, 0.5):
         at = [p for p in summary["points"] if p["x"] == keep and "wikitext2" in p["metrics"]]
@@ -59,11 +63,25 @@ def keep_rows(results: Path) -> list[list[str]]:
         if not ours or not others:
             continue
         best = min(others, key=lambda p: p["metrics"]["wikitext2"]["mean"])
-        cell = (f"dense {_ppl(summary['dense']['wikitext2'])} · **GRASPrune {_seeded(ours[0])}** · "
+        figure = _spread(robust[keep]) if keep in robust else _seeded(ours[0])
+        cell = (f"dense {_ppl(summary['dense']['wikitext2'])} · **GRASPrune {figure}** · "
                 f"best baseline ({best['group']}) {_ppl(best['metrics']['wikitext2']['mean'])}")
+        links = [_link(robust_path, results)] if keep in robust else []
+        commands = ["`python -m bench.robustness grid`"] if keep in robust else []
         rows.append([f"WikiText-2 perplexity at keep {keep}{_protocol(summary)}", cell,
-                     _link(path, results), f"`{summary['command']}`"])
+                     ", ".join([*links, _link(path, results)]), ", ".join([*commands, f"`{summary['command']}`"])])
     return rows
+
+
+ROBUSTNESS = Path("robustness") / "summary.json"
+
+
+def _spread(row: dict) -> str:
+    """The default prune's mean over seeds and thread counts, with its lowest and highest run."""
+    seeds = sorted({p["seed"] for p in row["points"]})
+    threads = sorted({p["threads"] for p in row["points"]})
+    return (f"{_ppl(row['mean'])} ({_ppl(row['min'])}–{_ppl(row['max'])}, ×{row['ratio']:.2f} over {row['n']} runs: "
+            f"seeds {', '.join(map(str, seeds))} × threads {', '.join(map(str, threads))})")
 
 
 def _protocol(summary: dict) -> str:

@@ -31,18 +31,20 @@ WEIGHT_FREE_INITS = ("zero", "random")
 OURS = {"tie_break": "spread", "layer_minimum": "inside"}
 PLAIN = {"tau_end": None, "warmup": 0.0, "distill_topk": 0}
 VARIANTS = {
-    "paper": {"score_init": "zero", "init_strength": 1.0, "lr": 1e-2, "distill": 0.0, **PLAIN,
+    "paper": {"score_init": "zero", "init_strength": 1.0, "lr": 1e-2, "distill": 0.0, "second_moment": "unit", **PLAIN,
               "tie_break": "index", "layer_minimum": "after"},
     # the paper's procedure with half of the loss a KL divergence to the dense model (one extra forward)
-    "distill": {"score_init": "zero", "init_strength": 1.0, "lr": 1e-2, "distill": 0.5, **PLAIN, **OURS},
+    "distill": {"score_init": "zero", "init_strength": 1.0, "lr": 1e-2, "distill": 0.5, "second_moment": "unit",
+                **PLAIN, **OURS},
     # distill, with the scores starting from Wanda-sp's per-layer ranking scaled down to a weak prior
     # (probabilities 0.47-0.53): it breaks the ties that index order would, and the learned gates still
     # move units between layers (at strength 0.1 they no longer do enough at keep 0.5)
-    "guided": {"score_init": "wanda-sp", "init_strength": 0.03, "lr": 1e-2, "distill": 0.5, **PLAIN, **OURS},
+    "guided": {"score_init": "wanda-sp", "init_strength": 0.03, "lr": 1e-2, "distill": 0.5, "second_moment": "unit",
+               **PLAIN, **OURS},
     # scores start from Wanda-sp's per-layer ranking, a larger lr and an annealed temperature: good at
     # keep 0.7, bad at 0.5 (the start's per-layer-uniform cut is not undone), so experimental
-    "importance": {"score_init": "wanda-sp", "init_strength": 1.0, "lr": 5e-2, "distill": 0.0, **PLAIN,
-                   "tau_end": 0.5, **OURS},
+    "importance": {"score_init": "wanda-sp", "init_strength": 1.0, "lr": 5e-2, "distill": 0.0, "second_moment": "unit",
+                   **PLAIN, "tau_end": 0.5, **OURS},
 }
 VARIANT_NAMES = tuple(VARIANTS)
 EXPERIMENTAL_VARIANTS = ("importance",)
@@ -51,6 +53,7 @@ DEFAULT_VARIANT = "guided"
 # Paper settings on a GPU; a CPU-sized protocol that finishes in minutes otherwise.
 GPU_DEFAULTS = {"calib_samples": 512, "block_len": 512, "epochs": 4, "rescale_samples": 128}
 CPU_DEFAULTS = {"calib_samples": 64, "block_len": 256, "epochs": 2, "rescale_samples": 64}
+SECOND_MOMENTS = ("unit", "group")  # the gate optimizer: AdamW, or GroupAdam (method/train.py)
 TIE_BREAKS = ("spread", "index")  # the projection's order of units with equal probability (units.project)
 LAYER_MINIMUMS = ("inside", "after")  # where the projection pays each layer's minimum (units.project)
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
@@ -118,6 +121,10 @@ class PruneConfig:
     rescale_epochs: int = option(1, "scale-calibration epochs (0 skips it: the published one-shot form of a "
                                  "baseline)", group="scale calibration")
     lr: float | None = option(None, "gate learning rate (default: from --variant)")
+    second_moment: str | None = option(None, "the gate optimizer's second moment: per unit (AdamW, the paper's) or "
+                                       "one per layer and kind (group: a unit moves in proportion to its gradient "
+                                       "against its layer's; docs/studies.md, Robustness); default: from --variant",
+                                       choices=SECOND_MOMENTS)
     rescale_lr: float = option(1e-2, "scale-calibration learning rate", group="scale calibration")
     tau: float = option(1.5, "gate temperature: p = sigmoid(score / tau)")
     seed: int = option(0, "seed of the data order (and of a random start)")
@@ -236,7 +243,8 @@ class PruneConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
-        for name, choices in (("tie_break", TIE_BREAKS), ("layer_minimum", LAYER_MINIMUMS)):
+        for name, choices in (("tie_break", TIE_BREAKS), ("layer_minimum", LAYER_MINIMUMS),
+                              ("second_moment", SECOND_MOMENTS)):
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise UserError(f"unknown --{name.replace('_', '-')} {_show(value)}: choose one of {', '.join(choices)}")

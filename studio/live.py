@@ -22,6 +22,7 @@ from grasprune.runs.timeline import PHASE_LABELS, PROGRESS_UNITS, PhaseSpan, Tim
 from . import charts
 from .common import PAGES, duration, jobs, root, shown_errors, size, timeline
 from .estimates import Plan, run_plan
+from .results_view import measured_spread
 
 RESUMABLE = ("stopped", "interrupted", "failed", "queued")
 LIVE = ("queued", "starting", "running")
@@ -231,6 +232,9 @@ def _results(run: Run, tl: Timeline) -> None:
     for dataset, metric in tl.metrics.items():  # the dense figure joins it once measured
         dense = tl.dense_metrics.get(dataset)
         st.markdown(perplexity_line({**metric, "dense_ppl": None if dense is None else dense["ppl"]}))
+    spread = measured_spread(run.config()) if tl.metrics else None
+    if spread:
+        st.caption(spread)
     warning = quality_warning(run.report() or {}) if tl.done else None
     if warning:
         st.warning(warning)

@@ -49,8 +49,8 @@ def test_every_prune_option_is_defined_once_on_the_config():
                           init_strength=0.5, tie_break="index", layer_minimum="after", tau_end=0.5, warmup=0.1,
                           distill=0.2, distill_topk=8, rescale_distill=0.3, calib_data="c4", calib_samples=3,
                           block_len=9, epochs=5, rescale_data="ptb", rescale_samples=2, rescale_epochs=3, lr=0.5,
-                          rescale_lr=0.25, tau=2.0, seed=3, device="cpu", dtype="fp32", checkpoint_every=5,
-                          eval_datasets=["ptb"], eval_seqlen=32, eval_windows=3, eval_dense=False,
+                          rescale_lr=0.25, second_moment="group", tau=2.0, seed=3, device="cpu", dtype="fp32",
+                          checkpoint_every=5, eval_datasets=["ptb"], eval_seqlen=32, eval_windows=3, eval_dense=False,
                           trust_remote_code=True, allow_pickle=True, device_map="auto", fsdp=True, batch_blocks=2,
                           teacher_cache_mb=5, compile=True, experimental=True)
     default = PruneConfig()

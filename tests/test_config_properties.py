@@ -21,6 +21,7 @@ from grasprune.config import (
     LAYER_MINIMUMS,
     METHODS,
     SCORE_INITS,
+    SECOND_MOMENTS,
     TIE_BREAKS,
     VARIANTS,
     PruneConfig,
@@ -78,6 +79,7 @@ VALID = {
     "compile": st.booleans(),
     "tie_break": st.none() | st.sampled_from(TIE_BREAKS),
     "layer_minimum": st.none() | st.sampled_from(LAYER_MINIMUMS),
+    "second_moment": st.none() | st.sampled_from(SECOND_MOMENTS),
     "experimental": st.booleans(),
 }
 # values out of range for each numeric or named field (the right JSON type, a wrong value)
@@ -115,6 +117,7 @@ OUT_OF_RANGE = {
     "teacher_cache_mb": st.integers(max_value=-1),
     "tie_break": texts.filter(lambda s: s not in TIE_BREAKS),
     "layer_minimum": texts.filter(lambda s: s not in LAYER_MINIMUMS),
+    "second_moment": texts.filter(lambda s: s not in SECOND_MOMENTS),
 }
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | texts,

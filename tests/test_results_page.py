@@ -13,8 +13,17 @@ from conftest import REPO
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import kvcache, study_report
-from studio.results_view import heal_figure, heal_rows, study_figure, study_rows, summaries
+from bench import kvcache, robustness, study_report
+from grasprune.config import PruneConfig
+from studio.results_view import (
+    heal_figure,
+    heal_rows,
+    measured_spread,
+    robustness_rows,
+    study_figure,
+    study_rows,
+    summaries,
+)
 
 APP = str(REPO / "app.py")
 QUALITY = REPO / "bench" / "results" / "quality.json"  # real measured entries: the study's input format
@@ -87,6 +96,22 @@ def test_the_results_page_shows_each_study_its_command_and_the_missing_ones(tmp_
     assert "python -m bench.study keep" in codes and "python -m bench.study kvcache" in codes
     missing = " ".join(i.value for i in at.info)
     assert "study-calibration/summary.json" in missing and "study-kvcache/summary.json" in missing
+    assert "robustness/summary.json" in missing and "python -m bench.robustness grid" in codes
     assert "study-keep" not in missing
     table = at.dataframe[0].value
     assert set(table["group"]) == {"dense", "grasprune (guided)", "taylor +scales"}
+
+
+def test_a_run_page_states_the_default_prunes_measured_spread_at_its_keep_ratio(tmp_path):
+    points = [{"settings": {"tag": "default", "keep_ratio": 0.5, "seed": seed, "threads": threads, "dtype": "bf16"},
+               "ppl": ppl, "wall_s": 100.0, "mask": {"ffn": [[0, 1]], "kv": [[0]]}}
+              for (seed, threads), ppl in zip([(0, 1), (0, 2), (1, 1), (1, 2)], [120.0, 120.0, 130.0, 130.0],
+                                             strict=True)]
+    (tmp_path / "robustness").mkdir()
+    (tmp_path / "robustness" / "summary.json").write_text(json.dumps(robustness.summarise(points)))
+    (row,) = robustness_rows(tmp_path)
+    assert (row["mean"], row["min"], row["max"], row["runs"], row["threads"]) == (125.0, 120.0, 130.0, 4, "1, 2")
+    line = measured_spread(PruneConfig(keep_ratio=0.5), tmp_path)
+    assert "125.00 on average, 120.00–130.00 over 4 runs (seeds 0, 1 × threads 1, 2" in line
+    assert measured_spread(PruneConfig(keep_ratio=0.7), tmp_path) is None  # not measured at this ratio
+    assert measured_spread(PruneConfig(model="other/model", keep_ratio=0.5), tmp_path) is None

@@ -44,6 +44,7 @@ class LoopConfig:
     align: int = 1  # the projection keeps FFN channels in multiples of this per layer (units.project)
     tie_break: str = "spread"  # the projection's order among equal probabilities (units.project)
     layer_minimum: str = "inside"  # where the projection pays each layer's minimum (units.project)
+    second_moment: str = "unit"  # or "group": one second moment per layer and kind (GroupAdam)
 
     def tau_at(self, step: int, total: int) -> float:
         if self.tau_end is None or total <= 1:
@@ -225,13 +226,47 @@ def teacher_for(
     return DenseTeacher(cfg.teacher_cache_mb) if cfg.epochs > 1 or prefilled else None
 
 
+class GroupAdam(torch.optim.Optimizer):
+    """Adam with one second moment per group of units (a layer's FFN channels, a layer's KV groups), as
+    Adam-mini (Zhang et al. 2024) shares it per block: a unit moves in proportion to its gradient against
+    its group's, so units whose gradient is small noise stay near their start instead of taking full
+    ``lr`` steps in random directions. No weight decay."""
+
+    def __init__(self, param: torch.nn.Parameter, groups: torch.Tensor, lr: float, betas: tuple[float, float],
+                 eps: float = 1e-8):
+        super().__init__([param], {"lr": lr, "betas": betas, "eps": eps})
+        self.groups = groups.to(param.device)
+        self.count = torch.bincount(self.groups).to(param.dtype)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            (b1, b2), (param,) = group["betas"], group["params"]
+            state = self.state[param]
+            if not state:
+                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(param),
+                             exp_avg_sq=torch.zeros_like(self.count))
+            state["step"] += 1
+            t = float(state["step"])
+            grad = param.grad
+            state["exp_avg"].mul_(b1).add_(grad, alpha=1 - b1)
+            mean_square = torch.zeros_like(self.count).index_add_(0, self.groups, grad * grad) / self.count
+            state["exp_avg_sq"].mul_(b2).add_(mean_square, alpha=1 - b2)
+            denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt()[self.groups] + group["eps"]
+            param.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - b1**t))
+
+
 class _Loop:
     """Shared step/epoch bookkeeping, checkpointing and stop handling for both training phases."""
 
-    def __init__(self, phase, param, blocks, cfg: LoopConfig, emit: Emit, stop, checkpoint: Path | None):
+    def __init__(self, phase, param, blocks, cfg: LoopConfig, emit: Emit, stop, checkpoint: Path | None,
+                 groups: torch.Tensor | None = None):
         self.phase, self.param, self.blocks, self.cfg = phase, param, blocks, cfg
         self.emit, self.stop, self.checkpoint = emit, stop or threading.Event(), checkpoint
-        self.optimizer = torch.optim.AdamW([param], lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
+        if cfg.second_moment == "group" and groups is not None:
+            self.optimizer = GroupAdam(param, groups, lr=cfg.lr, betas=cfg.betas)
+        else:
+            self.optimizer = torch.optim.AdamW([param], lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
         self.per_epoch = -(-blocks.shape[0] // cfg.batch_blocks)
         self.total = cfg.epochs * self.per_epoch
         self.step = 0
@@ -317,7 +352,7 @@ def train_gates(
     teacher = teacher_for(cfg, teacher)
     scores = torch.zeros(layout.num_units, device=model.device) if init_scores is None else init_scores.clone()
     scores = torch.nn.Parameter(scores.float().to(model.device))
-    loop = _Loop("gate_training", scores, blocks, cfg, emit, stop, checkpoint)
+    loop = _Loop("gate_training", scores, blocks, cfg, emit, stop, checkpoint, layout.group)
     previous = [None]
     student = student_model(model, cfg)
 

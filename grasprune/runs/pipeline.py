@@ -170,7 +170,7 @@ def _gate_phase(config, run, model, gates, layout, calib, budget, emit, stop, ti
                       checkpoint_every=config.checkpoint_every, tau_end=config.tau_end, warmup=config.warmup,
                       distill=config.distill, distill_topk=config.distill_topk,
                       batch_blocks=config.batch_blocks, teacher_cache_mb=_teacher_cache_mb(config),
-                      compile=config.compile, **projection_rule(config))
+                      compile=config.compile, second_moment=config.second_moment, **projection_rule(config))
     start = config.score_init != "zero" and not run.gates_checkpoint.is_file()  # a resumed run restores its scores
     teacher = teacher_for(loop, None, prefilled=start)  # made here so that the importance pass can fill it
     if start:
