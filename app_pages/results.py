@@ -38,37 +38,36 @@ HEAL_COMMAND = "python -m bench.heal --checkpoints DIR ... --marks 5,15,30"
 
 def study(name: str, summary: dict | None) -> None:
     title = summary["title"] if summary else FOLDERS[name]
-    st.subheader(title)
-    st.caption(INTRO[name])
-    st.code(COMMANDS[name], language="bash")
-    if summary is None:
-        st.info(f"Not measured yet: the command above writes `bench/results/{FOLDERS[name]}/summary.json`.")
+    if not introduced(title, INTRO[name], COMMANDS[name], summary is not None, f"{FOLDERS[name]}/summary.json"):
         return
     st.plotly_chart(study_figure(summary), key=f"results_{name}")
     st.caption(summary.get("setting", ""))
     st.dataframe(study_rows(summary), hide_index=True)
 
 
+def introduced(title: str, caption: str, command: str, measured: bool, writes: str) -> bool:
+    """A section's title, what it shows and the command that measures it; whether there is anything to draw."""
+    st.subheader(title)
+    st.caption(caption)
+    st.code(command, language="bash")
+    if not measured:
+        st.info(f"Not measured yet: the command above writes `bench/results/{writes}`.")
+    return measured
+
+
 def healing(rows: list[dict]) -> None:
-    st.subheader("Healing: perplexity against minutes of LoRA")
-    st.caption("`grasprune heal` on pruned checkpoints, WikiText-2 perplexity before and after each mark of "
-               "training time (the Heal page runs the same).")
-    st.code(HEAL_COMMAND, language="bash")
-    if not rows:
-        st.info("Not measured yet: the command above writes `bench/results/heal-DATE/heal.json`.")
-        return
-    st.plotly_chart(heal_figure(rows), key="results_heal")
+    if introduced("Healing: perplexity against minutes of LoRA",
+                  "`grasprune heal` on pruned checkpoints, WikiText-2 perplexity before and after each mark of "
+                  "training time (the Heal page runs the same).", HEAL_COMMAND, bool(rows), "heal-DATE/heal.json"):
+        st.plotly_chart(heal_figure(rows), key="results_heal")
 
 
 def robustness(rows: list[dict]) -> None:
-    st.subheader("One command, one quality: the default prune over seeds and thread counts")
-    st.caption("`grasprune prune`'s defaults run once per seed and thread count, WikiText-2 perplexity (64 windows of "
-               "512): the spread a user should expect from a single run.")
-    st.code(ROBUSTNESS_COMMAND, language="bash")
-    if not rows:
-        st.info("Not measured yet: the command above writes `bench/results/robustness/summary.json`.")
-        return
-    st.dataframe(rows, hide_index=True)
+    if introduced("One command, one quality: the default prune over seeds and thread counts",
+                  "`grasprune prune`'s defaults run once per seed and thread count, WikiText-2 perplexity (64 "
+                  "windows of 512): the spread a user should expect from a single run.", ROBUSTNESS_COMMAND,
+                  bool(rows), "robustness/summary.json"):
+        st.dataframe(rows, hide_index=True)
 
 
 def main() -> None:

@@ -81,7 +81,8 @@ def _spread(row: dict) -> str:
     seeds = sorted({p["seed"] for p in row["points"]})
     threads = sorted({p["threads"] for p in row["points"]})
     return (f"{_ppl(row['mean'])} ({_ppl(row['min'])}–{_ppl(row['max'])}, ×{row['ratio']:.2f} over {row['n']} runs: "
-            f"seeds {', '.join(map(str, seeds))} × threads {', '.join(map(str, threads))})")
+            f"seeds {', '.join(map(str, seeds))} × threads {', '.join(map(str, threads))}, "
+            f"{' and '.join(row['machines'])})")
 
 
 def _protocol(summary: dict) -> str:

@@ -3,7 +3,7 @@
     python -m bench.robustness grid    [--keep-ratios 0.5,0.7] [--seeds 0,1,2] [--threads 1,2] [--dtypes auto]
                                        [--set KEY=VALUE ...] [--tag NAME]
     python -m bench.robustness trace   --keep-ratio 0.5 --seed 0 --threads 1 --out FILE [--set KEY=VALUE ...]
-    python -m bench.robustness compare TRACE_A TRACE_B
+    python -m bench.robustness compare TRACE_A TRACE_B [--out FILE.json]
     python -m bench.robustness report
 
 ``grid`` runs ``grasprune prune``'s defaults (a ``PruneConfig`` with only the keep ratio, the seed, the
@@ -96,7 +96,18 @@ def run_point(config: PruneConfig, runs_dir: Path) -> dict:
     report = prune_run(run, overwrite=True)
     shutil.rmtree(out, ignore_errors=True)
     return {"ppl": report["metrics"]["ppl_wikitext2"]["ppl"], "timing": report["timing"],
-            "mask": report["mask"], "run": str(run.folder)}
+            "mask_bits": mask_bits(report), "run": str(run.folder)}
+
+
+def mask_bits(report: dict) -> str:
+    """The kept units as one hex string, a bit per unit in layout order (each layer's FFN channels, then its
+    KV groups): a few kB per run where the per-layer index lists take a hundred."""
+    bits = []
+    for layer, ffn, kv in zip(report["layers"], report["mask"]["ffn"], report["mask"]["kv"], strict=True):
+        for kept, width in ((set(ffn), layer["ffn_channels_before"]), (set(kv), layer["kv_groups_before"])):
+            bits += [unit in kept for unit in range(width)]
+    bits += [False] * (-len(bits) % 8)
+    return bytes(int("".join("1" if b else "0" for b in bits[i:i + 8]), 2) for i in range(0, len(bits), 8)).hex()
 
 
 def grid(args: argparse.Namespace) -> None:
@@ -137,20 +148,21 @@ def summarise(entries: list[dict]) -> list[dict]:
         rows.append({
             "tag": tag, "keep_ratio": keep, "n": len(ppl), "mean": statistics.fmean(ppl), "min": min(ppl),
             "max": max(ppl), "ratio": max(ppl) / min(ppl), "mean_s": statistics.fmean(m["wall_s"] for m in members),
-            "min_overlap": min_overlap([m["mask"] for m in members]),
+            "min_overlap": min_overlap([kept_units(m["mask_bits"]) for m in members]),
+            "machines": sorted({m["setting"]["cpu"] for m in members}),
             "points": [{"seed": m["settings"]["seed"], "threads": m["settings"]["threads"],
                         "dtype": m["settings"]["dtype"], "ppl": m["ppl"], "wall_s": m["wall_s"]} for m in members],
         })
     return rows
 
 
-def kept_units(mask: dict) -> set[tuple]:
-    return {(kind, layer, unit) for kind in ("ffn", "kv") for layer, units in enumerate(mask[kind]) for unit in units}
+def kept_units(bits: str) -> set[int]:
+    """The positions of the kept units in a ``mask_bits`` string."""
+    return {i * 8 + j for i, byte in enumerate(bytes.fromhex(bits)) for j in range(8) if byte >> (7 - j) & 1}
 
 
-def min_overlap(masks: list[dict]) -> float | None:
+def min_overlap(sets: list[set[int]]) -> float | None:
     """The smallest share of kept units two of the masks have in common (1.0: all the same mask)."""
-    sets = [kept_units(m) for m in masks]
     pairs = [len(a & b) / max(len(a), 1) for i, a in enumerate(sets) for b in sets[i + 1:]]
     return min(pairs) if pairs else None
 
@@ -208,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.mode == "compare":
         if len(args.traces) != 2:
             raise SystemExit("compare takes two trace files")
-        robustness_trace.compare(*args.traces)
+        result = robustness_trace.compare(*args.traces)
+        if args.out:
+            write_json_atomic(args.out, {"a": str(args.traces[0]), "b": str(args.traces[1]), **result})
     else:
         write_reports(args.out or FOLDER)
     return 0

@@ -46,3 +46,11 @@ def test_a_trace_records_every_gate_step_and_compares_with_itself(tiny_model_dir
     apart = robustness.robustness_trace.compare(trace, nudged)
     assert apart["start"] is not None and apart["rows"][0]["score_diff_max"] > 0
     assert "first differing step" in capsys.readouterr().out
+
+
+def test_a_mask_is_kept_as_one_bit_per_unit_in_layout_order():
+    report = {"layers": [{"ffn_channels_before": 3, "kv_groups_before": 2}, {"ffn_channels_before": 2, "kv_groups_before": 1}],
+              "mask": {"ffn": [[0, 2], [1]], "kv": [[1], [0]]}}
+    bits = robustness.mask_bits(report)
+    assert robustness.kept_units(bits) == {0, 2, 4, 6, 7}
+    assert robustness.min_overlap([{0, 2, 4, 6}, {0, 2, 4, 7}, {0, 2, 4, 6}]) == 0.75
