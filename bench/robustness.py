@@ -34,7 +34,7 @@ from grasprune.runs.pipeline import prune_run
 from grasprune.runs.store import create_run
 from grasprune.scaleout.allocator import keep_freed_memory
 
-from . import robustness_trace
+from . import report, robustness_trace
 from .common import DENSE, RESULTS, csv, setting
 from .quality import add_entry, done_settings, load_results
 
@@ -136,17 +136,17 @@ def grid(args: argparse.Namespace) -> None:
 
 
 def summarise(entries: list[dict]) -> list[dict]:
-    """Per tag and keep ratio: the perplexity's mean, min, max and max/min over every point, the mask
+    """Per tag, model and keep ratio: the perplexity's mean, min, max and max/min over every point, the mask
     overlap of the least similar pair, and the mean seconds per run."""
     groups: dict[tuple, list[dict]] = {}
     for entry in entries:
         s = entry["settings"]
-        groups.setdefault((s["tag"], s["keep_ratio"]), []).append(entry)
+        groups.setdefault((s["tag"], s["model"], s["keep_ratio"]), []).append(entry)
     rows = []
-    for (tag, keep), members in sorted(groups.items()):
+    for (tag, model, keep), members in sorted(groups.items()):
         ppl = [m["ppl"] for m in members]
         rows.append({
-            "tag": tag, "keep_ratio": keep, "n": len(ppl), "mean": statistics.fmean(ppl), "min": min(ppl),
+            "tag": tag, "model": model, "keep_ratio": keep, "n": len(ppl), "mean": statistics.fmean(ppl), "min": min(ppl),
             "max": max(ppl), "ratio": max(ppl) / min(ppl), "mean_s": statistics.fmean(m["wall_s"] for m in members),
             "min_overlap": min_overlap([kept_units(m["mask_bits"]) for m in members]),
             "machines": sorted({m["setting"]["cpu"] for m in members}),
@@ -168,24 +168,19 @@ def min_overlap(sets: list[set[int]]) -> float | None:
 
 
 def markdown(rows: list[dict], entries: list[dict]) -> str:
+    """The summary as ``bench.report`` draws it in docs/results.md (one row formatter), then every run."""
     lines = ["# Robustness: the default prune over seeds and thread counts", "",
              ("WikiText-2 test perplexity (64 windows of 512) of `grasprune prune --keep-ratio R --seed S` at "
               "each thread count (`torch.set_num_threads`). `python -m bench.robustness grid`."), "",
-             "| candidate | keep | runs | mean | min | max | max/min | least mask overlap | s per run |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        overlap = "" if r["min_overlap"] is None else f"{100 * r['min_overlap']:.1f}%"
-        lines.append(f"| {r['tag']} | {r['keep_ratio']} | {r['n']} | {r['mean']:.2f} | {r['min']:.2f} | "
-                     f"{r['max']:.2f} | {r['ratio']:.3f}x | {overlap} | {r['mean_s']:.0f} |")
-    lines += ["", "Per run:", "", "| candidate | keep | seed | threads | dtype | perplexity | seconds |",
-              "|---|---:|---:|---:|---|---:|---:|"]
-    for r in rows:
-        for p in r["points"]:
-            lines.append(f"| {r['tag']} | {r['keep_ratio']} | {p['seed']} | {p['threads']} | {p['dtype']} | "
-                         f"{p['ppl']:.2f} | {p['wall_s']:.0f} |")
+             *report.table(["candidate", "model", *report.ROBUSTNESS_HEADER],
+                           [[r["tag"], r["model"], *report.robustness_row(r)] for r in rows]),
+             "Per run:", "",
+             *report.table(["candidate", "keep", "seed", "threads", "dtype", "perplexity", "seconds"],
+                           [[r["tag"], str(r["keep_ratio"]), str(p["seed"]), str(p["threads"]), p["dtype"],
+                             report.num(p["ppl"]), report.num(p["wall_s"], 0)] for r in rows for p in r["points"]])]
     machines = sorted({f"{e['setting']['cpu']} ({e['setting']['cpus']} cores, torch {e['setting']['torch']}, "
                        f"{e['setting']['date']})" for e in entries})
-    return "\n".join(lines + ["", "Measured on: " + "; ".join(machines), ""])
+    return "\n".join([*lines, "Measured on: " + "; ".join(machines), ""])
 
 
 def write_reports(out: Path) -> None:

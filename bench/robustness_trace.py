@@ -4,7 +4,8 @@
     python -m bench.robustness compare runs/trace/t1.safetensors runs/trace/t2.safetensors
 
 ``trace`` runs the CLI's default prune (``prune_run``, every default untouched unless ``--set`` changes it)
-and records (with ``--perturb EPS``, from initial scores nudged by noise of size EPS), at every gate-training step, the scores the projection saw and the mask it made. It wraps
+and records, at every gate-training step, the scores the projection saw and the mask it made (with
+``--perturb EPS`` from initial scores nudged by noise of size EPS). It wraps
 ``grasprune.method.train.ste_factors`` for the length of the run: a diagnostic, not a product path.
 ``compare`` prints, per step, how many units the two masks disagree on, both losses, and how crowded the
 budget line is (units whose score is within one Adam step, ``lr``, of the line); then the first step
@@ -76,8 +77,7 @@ def compare(a: Path, b: Path, lr: float = 1e-2, every: int = 8) -> dict:
             "step": t, "mask_diff": int((ma != mb).sum()), "kept": int(ma.sum()),
             "score_diff_max": float((ta["scores"][t] - tb["scores"][t]).abs().max()),
             "near_line": int((gap < lr).sum()),
-            "loss_a": float(ta["loss"][t]) if t < ta["loss"].numel() else None,
-            "loss_b": float(tb["loss"][t]) if t < tb["loss"].numel() else None,
+            "loss_a": float(ta["loss"][t]), "loss_b": float(tb["loss"][t]),
         })
     first = next((r["step"] for r in rows if r["mask_diff"]), None)
     start = None

@@ -138,7 +138,7 @@ ROBUSTNESS_COMMAND = "python -m bench.robustness grid     # then: python -m benc
 def robustness_rows(folder: Path) -> list[dict]:
     """The default prune's spread per keep ratio over seeds and thread counts (``bench.robustness``)."""
     rows = read_json(folder / "robustness" / "summary.json") or []
-    return [{"keep ratio": r["keep_ratio"], "runs": r["n"], "mean": round(r["mean"], 2), "min": round(r["min"], 2),
+    return [{"model": r["model"], "keep ratio": r["keep_ratio"], "runs": r["n"], "mean": round(r["mean"], 2), "min": round(r["min"], 2),
              "max": round(r["max"], 2), "max/min": round(r["ratio"], 3),
              "seeds": ", ".join(map(str, sorted({p["seed"] for p in r["points"]}))),
              "threads": ", ".join(map(str, sorted({p["threads"] for p in r["points"]}))),
@@ -147,14 +147,12 @@ def robustness_rows(folder: Path) -> list[dict]:
 
 def measured_spread(config, folder: Path | None = None) -> str | None:
     """One line for a run's page: what the default prune measured at the run's keep ratio over seeds and
-    thread counts, so a single figure is read as one draw of a known spread. None for another model or a
-    keep ratio not measured."""
-    if config.model != "smollm2-135m":
-        return None
+    thread counts, so a single figure is read as one draw of a known spread. None for a model or keep ratio
+    not measured."""
     keep_ratio = config.keep_ratio
     for row in robustness_rows(folder or results_folder()):
-        if abs(row["keep ratio"] - keep_ratio) < 1e-9:
-            return (f"One run is one draw: the default prune of the embedded SmolLM2-135M at keep {keep_ratio:g} "
+        if row["model"] == config.model and abs(row["keep ratio"] - keep_ratio) < 1e-9:
+            return (f"One run is one draw: the default prune of {config.model} at keep {keep_ratio:g} "
                     f"measured WikiText-2 {row['mean']:.2f} on average, {row['min']:.2f}–{row['max']:.2f} over "
                     f"{row['runs']} runs (seeds {row['seeds']} × threads {row['threads']}; 64 windows of 512, "
                     "`python -m bench.robustness grid`).")

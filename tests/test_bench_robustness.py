@@ -30,7 +30,7 @@ def test_the_grid_measures_each_seed_and_thread_count_once_and_reports_the_sprea
     assert row["n"] == 4 and row["ratio"] == pytest.approx(max(ppl) / min(ppl))
     assert row["mean"] == pytest.approx(sum(ppl) / 4) and 0 < row["min_overlap"] <= 1
     table = (tmp_path / "results" / "robustness.md").read_text()
-    assert f"| default | 0.6 | 4 | {row['mean']:.2f} |" in table
+    assert f"| default | {tiny_model_dir} | 0.6 | 4 | {row['mean']:,.2f} | {row['min']:,.2f} |" in table
 
 
 def test_a_trace_records_every_gate_step_and_compares_with_itself(tiny_model_dir, tmp_path, capsys):

@@ -103,7 +103,7 @@ def test_the_results_page_shows_each_study_its_command_and_the_missing_ones(tmp_
 
 
 def test_a_run_page_states_the_default_prunes_measured_spread_at_its_keep_ratio(tmp_path):
-    points = [{"settings": {"tag": "default", "keep_ratio": 0.5, "seed": seed, "threads": threads, "dtype": "bf16"},
+    points = [{"settings": {"tag": "default", "model": "smollm2-135m", "keep_ratio": 0.5, "seed": seed, "threads": threads, "dtype": "bf16"},
                "ppl": ppl, "wall_s": 100.0, "mask_bits": "c0", "setting": {"cpu": "AMD EPYC"}}
               for (seed, threads), ppl in zip([(0, 1), (0, 2), (1, 1), (1, 2)], [120.0, 120.0, 130.0, 130.0],
                                              strict=True)]
