@@ -30,7 +30,7 @@ INTRO = {
 }
 COMMANDS = {
     "keep": "python -m bench.study keep            # then: python -m bench.study report",
-    "calibration": "GRASPRUNE_DATA=../shared/data python -m bench.study calibration",
+    "calibration": "python -m bench.study calibration   # C4 at 256 blocks needs GRASPRUNE_DATA: docs/studies.md",
     "kvcache": "python -m bench.study kvcache        # after the keep sweep: its keep-0.5 checkpoints",
 }
 HEAL_COMMAND = "python -m bench.heal --checkpoints DIR ... --marks 5,15,30"

@@ -18,15 +18,14 @@ GRASPrune, so a stopped sweep leaves whole curves behind. The calibration study 
 16, 64 or 256 gate-training blocks from WikiText-2 (validation, first half; scales on the second half)
 or from C4 (the 2,000-document sample, rows 50-75%; scales on rows 75-100%), and evaluates every
 checkpoint on both WikiText-2 test and C4 (its first 64 windows come from the sample's first rows, which
-no calibration touches).
+no calibration touches). The package bundles 256 of those documents, too few for 256 C4 blocks: point
+``$GRASPRUNE_DATA`` at a folder whose ``c4-sample/`` holds the whole sample (``grasprune.data``), or run
+``--domains wikitext2`` (or ``--samples 16,64``); a domain with too little text stops with a one-line error.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from . import quality, study_report
@@ -39,7 +38,6 @@ CALIBRATION = {  # domain: (gate-training data, scale-calibration data)
     "c4": ("c4#lines=50%:75%", "c4#lines=75%:100%"),
 }
 FOLDERS = {"keep": RESULTS / "study-keep", "calibration": RESULTS / "study-calibration"}
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,25 +99,8 @@ def _ints(values: list[int]) -> str:
     return ",".join(map(str, values))
 
 
-@contextmanager
-def shared_data_root() -> Iterator[None]:
-    """``$GRASPRUNE_DATA`` at ``../shared/data`` while a study runs, where it is unset and that folder exists:
-    the full C4 sample (2,000 documents) lives there, the package bundles only 256 of them. Restored after,
-    so a caller's own process (a test session) keeps its data roots."""
-    if "GRASPRUNE_DATA" in os.environ or not SHARED_DATA.is_dir():
-        yield
-        return
-    os.environ["GRASPRUNE_DATA"] = str(SHARED_DATA)
-    try:
-        yield
-    finally:
-        os.environ.pop("GRASPRUNE_DATA", None)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with shared_data_root():
-        return run_study(args)
+    return run_study(parse_args(argv))
 
 
 def run_study(args: argparse.Namespace) -> int:

@@ -86,14 +86,6 @@ def test_the_calibration_study_crosses_sizes_and_domains_and_evaluates_on_both(t
     assert (tmp_path / "results" / "calibration.png").stat().st_size > 10_000
 
 
-def test_a_study_leaves_the_callers_data_roots_as_they_were(monkeypatch, tmp_path):
-    monkeypatch.delenv("GRASPRUNE_DATA", raising=False)
-    monkeypatch.setattr(study, "SHARED_DATA", tmp_path)
-    with study.shared_data_root():
-        assert study.os.environ["GRASPRUNE_DATA"] == str(tmp_path)
-    assert "GRASPRUNE_DATA" not in study.os.environ
-
-
 def test_an_unknown_calibration_domain_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit):
         study.parse_args(["calibration", "--domains", "wikitext2,pile"])
