@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from grasprune.cli.command import heal_command
-from grasprune.cli.heal import HELP
+from grasprune.config import option_help
 from grasprune.errors import UserError
 from grasprune.method.heal import HealConfig, check_heal
 from studio.common import completed_runs, pick_run, root, shown_errors
@@ -45,29 +45,29 @@ def default_out(source: Path | None) -> Path | None:
 def settings_form() -> HealConfig:
     d = HealConfig()
     c1, c2, c3 = st.columns(3)
-    steps = c1.number_input("Steps", 1, 10**7, d.steps, key="heal_steps", help=HELP["steps"])
+    steps = c1.number_input("Steps", 1, 10**7, d.steps, key="heal_steps", help=option_help("steps", HealConfig))
     minutes = c2.number_input("Time limit (minutes, 0 = none)", 0.0, 100_000.0, 0.0, step=1.0, key="heal_minutes",
-                              help=HELP["minutes"] + "; whichever of steps and minutes comes first ends training")
-    lr = c3.number_input("Learning rate", 1e-8, 1.0, d.lr, step=1e-5, format="%.1e", key="heal_lr", help=HELP["lr"])
-    rank = c1.number_input("LoRA rank", 1, 4096, d.rank, key="heal_rank", help=HELP["rank"])
+                              help=option_help("minutes", HealConfig) + "; whichever of steps and minutes comes first ends training")
+    lr = c3.number_input("Learning rate", 1e-8, 1.0, d.lr, step=1e-5, format="%.1e", key="heal_lr", help=option_help("lr", HealConfig))
+    rank = c1.number_input("LoRA rank", 1, 4096, d.rank, key="heal_rank", help=option_help("rank", HealConfig))
     distill = c2.number_input("Distillation weight", 0.0, 1.0, d.distill, step=0.1, key="heal_distill",
-                              help=HELP["distill"])
-    samples = c3.number_input("Calibration samples", 1, 100_000, d.samples, key="heal_samples", help=HELP["samples"])
-    data = st.text_input("Calibration data", d.data, key="heal_data", help=HELP["data"]).strip()
+                              help=option_help("distill", HealConfig))
+    samples = c3.number_input("Calibration samples", 1, 100_000, d.samples, key="heal_samples", help=option_help("samples", HealConfig))
+    data = st.text_input("Calibration data", d.data, key="heal_data", help=option_help("data", HealConfig)).strip()
     with st.expander("Advanced settings"):
         a1, a2, a3, a4 = st.columns(4)
         block_len = a1.number_input("Block length (tokens)", 2, 32_768, d.block_len, key="heal_block_len",
-                                    help=HELP["block_len"])
-        alpha = a2.number_input("LoRA alpha", 1, 100_000, d.alpha, key="heal_alpha", help=HELP["alpha"])
-        seed = a3.number_input("Seed", 0, 2**31 - 1, d.seed, key="heal_seed", help=HELP["seed"])
+                                    help=option_help("block_len", HealConfig))
+        alpha = a2.number_input("LoRA alpha", 1, 100_000, d.alpha, key="heal_alpha", help=option_help("alpha", HealConfig))
+        seed = a3.number_input("Seed", 0, 2**31 - 1, d.seed, key="heal_seed", help=option_help("seed", HealConfig))
         every = a4.number_input("Save every (steps)", 1, 10**7, d.checkpoint_every, key="heal_checkpoint_every",
-                                help=HELP["checkpoint_every"])
+                                help=option_help("checkpoint_every", HealConfig))
         h1, h2, h3 = st.columns([2, 1, 1])
-        holdout = h1.text_input("Held-out text", d.holdout, key="heal_holdout", help=HELP["holdout"]).strip()
+        holdout = h1.text_input("Held-out text", d.holdout, key="heal_holdout", help=option_help("holdout", HealConfig)).strip()
         holdout_samples = h2.number_input("Held-out samples", 1, 100_000, d.holdout_samples,
-                                          key="heal_holdout_samples", help=HELP["holdout_samples"])
+                                          key="heal_holdout_samples", help=option_help("holdout_samples", HealConfig))
         holdout_every = h3.number_input("Measure every (steps)", 1, 10**7, d.holdout_every, key="heal_holdout_every",
-                                        help=HELP["holdout_every"])
+                                        help=option_help("holdout_every", HealConfig))
     return HealConfig(steps=int(steps), minutes=float(minutes) or None, lr=float(lr), rank=int(rank), alpha=int(alpha),
                       data=data, samples=int(samples), block_len=int(block_len), distill=float(distill),
                       seed=int(seed), checkpoint_every=int(every), holdout=holdout,

@@ -21,12 +21,12 @@ from grasprune.config import (
     PruneConfig,
     option_help,
 )
-from grasprune.data import check_sources
 from grasprune.errors import UserError
 from grasprune.evaluation.perplexity import EVAL_DATASETS
-from grasprune.method.models import EMBEDDED_ALIAS, check_model_spec
+from grasprune.method.budget import BudgetPreview
+from grasprune.method.models import EMBEDDED_ALIAS
+from grasprune.runs.inputs import check_inputs
 from grasprune.runs.store import create_run
-from studio.budget_preview import BudgetPreview
 from studio.common import attach, attached_run_id, cached_preview, jobs, root, shown_errors
 from studio.defaults import QUICK
 from studio.estimates import expected_duration_caption
@@ -169,20 +169,11 @@ def device_map_input(column) -> str | None:
     return None if choice == "one device" else choice
 
 
-def check(config: PruneConfig) -> None:
-    """Everything the job would refuse, refused here with the same one-line message. Model and data paths
-    are the user's own files (the studio binds to localhost): resolved and checked, never served."""
-    config.resolved()
-    check_model_spec(config.model, config.trust_remote_code, config.allow_pickle)
-    found, error = cached_preview(config.model)
-    if error:
-        raise UserError(error)
-    found.aligned(config.align).check(config.keep_ratio)
-    check_sources([config.calib_data, config.rescale_data], config.eval_datasets)
-
-
 def start(config: PruneConfig) -> None:
-    check(config)
+    """Everything the job would refuse is refused before the run exists, with the CLI's one-line message.
+    Model and data paths are the user's own files (the studio binds to localhost): resolved and checked,
+    never served."""
+    check_inputs(config)
     run = create_run(config, root())
     jobs().submit(run, root())
     attach(run.id)

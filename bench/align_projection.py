@@ -33,7 +33,7 @@ def shaped_layout(layers: int, ffn: int, kv: int, hidden: int, head_dim: int) ->
 
 
 def model_layout(spec: str) -> UnitLayout:
-    from studio.budget_preview import meta_model
+    from grasprune.method.budget import meta_model
 
     return layout_of(ModelAdapter(meta_model(spec)))
 

@@ -26,6 +26,7 @@ no calibration touches). The package bundles 256 of those documents, too few for
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from . import quality, study_report
@@ -99,6 +100,22 @@ def _ints(values: list[int]) -> str:
     return ",".join(map(str, values))
 
 
+def write_all(results: Path) -> None:
+    """Redraw every study found under ``results`` from its entries (here, not in study_report: the KV
+    study's report reads study_report, so study_report calling it back would be an import cycle)."""
+    from . import kvcache
+
+    for study in ("keep", "calibration"):
+        path = results / study_report.FOLDER[study] / "quality.json"
+        if path.is_file():
+            entries = json.loads(path.read_text())["entries"]
+            if entries:
+                study_report.write_study(study, entries, path.parent)
+    kv = results / study_report.FOLDER["kvcache"] / "kvcache.json"
+    if kv.is_file():
+        kvcache.write_reports(json.loads(kv.read_text()), kv.parent)
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_study(parse_args(argv))
 
@@ -115,7 +132,7 @@ def run_study(args: argparse.Namespace) -> int:
         passed += ["--model", args.model] if args.model else []
         return kvcache.main(args.extra + passed + (["--out", str(args.out)] if args.out else []))
     else:
-        study_report.write_all(args.out or RESULTS)
+        write_all(args.out or RESULTS)
     return 0
 
 

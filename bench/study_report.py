@@ -7,7 +7,6 @@ per metric, ``mean`` / ``min`` / ``max`` / ``std`` (population) / ``n``.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -164,17 +163,3 @@ def writer(study: str) -> Callable[[list[dict], Path], None]:
     """bench.quality's report hook for a study's folder."""
     return lambda entries, folder: write_study(study, entries, folder) and None
 
-
-def write_all(results: Path) -> None:
-    """Redraw every study found under ``results`` from its entries."""
-    for study in ("keep", "calibration"):
-        path = results / FOLDER[study] / "quality.json"
-        if path.is_file():
-            entries = json.loads(path.read_text())["entries"]
-            if entries:
-                write_study(study, entries, path.parent)
-    kv = results / FOLDER["kvcache"] / "kvcache.json"
-    if kv.is_file():
-        from . import kvcache
-
-        kvcache.write_reports(json.loads(kv.read_text()), kv.parent)

@@ -44,9 +44,11 @@ def prune(
     overwrite: bool = False,
 ) -> dict:
     """Run a whole prune in a new run folder; return the report (also in ``<out>/grasprune.json``)."""
+    from grasprune.runs.inputs import check_inputs
     from grasprune.runs.pipeline import prune_run
     from grasprune.runs.store import create_run
 
-    config.resolved()  # validate before creating anything
-    run = create_run(config, Path(runs_dir).resolve() if runs_dir else None, Path(out).resolve() if out else None)
+    out = Path(out).resolve() if out else None
+    check_inputs(config, out, overwrite)  # every refusal before a run folder exists
+    run = create_run(config, Path(runs_dir).resolve() if runs_dir else None, out)
     return prune_run(run, stop=stop, overwrite=overwrite)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from grasprune.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where tokens are made: `grasprune cache` and --help never need it
+    import torch
 
 # Below this many characters tokenizing costs less than reading the cache file back.
 MIN_CACHED_CHARS = 64 * 1024
@@ -42,6 +44,8 @@ def cached_tokens(text: str, tokenizer, add_special_tokens: bool) -> torch.Tenso
         if stored is not None:
             _touch(path)
             return stored
+    import torch
+
     ids = tokenizer(text, add_special_tokens=add_special_tokens, return_attention_mask=False).input_ids
     tokens = torch.tensor(ids, dtype=torch.long)
     if path is not None:
@@ -75,6 +79,7 @@ def _read_tokens(path: Path) -> torch.Tensor | None:
 
 
 def _write_tokens(path: Path, tokens: torch.Tensor) -> None:
+    import torch
     from safetensors.torch import save_file
 
     from grasprune.atomic import write_atomic

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from grasprune.errors import UserError
 
 DEFAULT_CALIB = "wikitext2#lines=0:50%"
@@ -193,9 +191,7 @@ class PruneConfig:
                             "no gain, docs/variants.md): add --experimental to use it, or drop it")
 
     def validate(self) -> None:
-        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
-            raise UserError(f"keep ratio {_show(self.keep_ratio)} is outside (0, 1]: pass --keep-ratio between 0 "
-                            "and 1")
+        check_keep_ratio(self.keep_ratio)
         if self.keep_ratio == 1:
             raise UserError("keep ratio 1 keeps every prunable parameter, so nothing would be pruned: pass "
                             "--keep-ratio below 1 (0.7 keeps 70%)")
@@ -287,14 +283,20 @@ class PruneConfig:
             raise UserError(f"cannot read config {path}: {err.strerror}") from err
 
 
+def check_keep_ratio(keep_ratio: Any) -> None:
+    """The one range check of a keep ratio (the config, the budget preview and ``UnitLayout.budget``)."""
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:
+        raise UserError(f"keep ratio {_show(keep_ratio)} is outside (0, 1]: pass --keep-ratio between 0 and 1")
+
+
 def experimental_options() -> list[str]:
     """The fields behind ``--experimental``."""
     return [f.name for f in dataclasses.fields(PruneConfig) if f.metadata.get("experimental")]
 
 
-def option_help(name: str) -> str:
-    """What the option does, as the CLI's --help says it (the studio form's help texts)."""
-    text = PruneConfig.__dataclass_fields__[name].metadata["help"]
+def option_help(name: str, config: type = PruneConfig) -> str:
+    """What the option does, as the CLI's --help says it (the studio forms' help texts)."""
+    text = config.__dataclass_fields__[name].metadata["help"]
     return text[:1].upper() + text[1:]
 
 
@@ -332,6 +334,8 @@ def _is_file(text: str) -> bool:
 
 
 def resolve_device(device: str) -> str:
+    import torch  # here, not at the top: `import grasprune` and `grasprune --help` stay free of torch
+
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -344,6 +348,8 @@ def resolve_device(device: str) -> str:
 def has_bf16_matmul(device: str) -> bool:
     """bf16 matrix units: CUDA with bf16 support, or a CPU with AMX/AVX512-BF16."""
     if device.startswith("cuda"):
+        import torch
+
         return torch.cuda.is_bf16_supported()
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -360,7 +366,9 @@ def resolve_dtype_name(dtype: str, device: str) -> str:
     return dtype
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str):
+    import torch
+
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
@@ -368,22 +376,28 @@ def torch_dtype(name: str) -> torch.dtype:
 class HealConfig:
     """The settings of ``grasprune heal`` (LoRA recovery of a pruned checkpoint)."""
 
-    steps: int = 600
-    minutes: float | None = None  # stop training after this much wall time (then merge and export as usual)
-    lr: float = 2e-4
-    rank: int = 8
-    alpha: int = 16
-    data: str = DEFAULT_CALIB
-    samples: int = 256
-    block_len: int = 256
-    distill: float = 0.0  # weight of the KL divergence to the dense base model (a forward pass per step)
-    seed: int = 0
-    checkpoint_every: int = 50
-    # Held-out text the merged step is chosen on: "next" (the blocks right after the training ones in
-    # ``data``), another data spec, or "none" (merge the last step's adapters).
-    holdout: str = HOLDOUT_NEXT
-    holdout_samples: int = 16
-    holdout_every: int = 100
+    steps: int = option(600, "training steps, one calibration block each", group="heal")
+    minutes: float | None = option(None, "stop training after this many minutes of wall time, then merge and export "
+                                   "(default: no limit)", group="heal")
+    lr: float = option(2e-4, "AdamW learning rate of the LoRA adapters (constant)", group="heal")
+    rank: int = option(8, "LoRA rank", group="heal")
+    alpha: int = option(16, "LoRA alpha (the adapters' scale is alpha / rank)", group="heal")
+    data: str = option(DEFAULT_CALIB, "training text: wikitext2, c4, ptb, a file or a dataset id, optionally with "
+                       "#lines=A:B", group="heal")
+    samples: int = option(256, "calibration blocks (the data is cycled through in a new order each epoch)",
+                          group="heal")
+    block_len: int = option(256, "tokens per block", group="heal")
+    distill: float = option(0.0, "weight of a KL loss to the dense base model named in grasprune.json (0 = LM loss "
+                            "only; a dense forward pass per step)", group="heal")
+    seed: int = option(0, "seed of the data order and the adapters' initialisation", group="heal")
+    checkpoint_every: int = option(50, "save the adapters and optimiser every N steps (a stopped heal resumes from "
+                                   "the last)", group="heal")
+    holdout: str = option(HOLDOUT_NEXT, "held-out text the merged step is chosen on (the lowest loss): next (the "
+                          "blocks right after the training ones in --data), a data spec like --data's, or none "
+                          "(merge the last step)", group="heal")
+    holdout_samples: int = option(16, "held-out blocks of --block-len tokens", group="heal")
+    holdout_every: int = option(100, "measure the held-out loss every N steps (and at the start and the end)",
+                                group="heal")
 
     def validate(self) -> None:
         for name in ("steps", "rank", "alpha", "samples", "checkpoint_every", "holdout_samples", "holdout_every"):

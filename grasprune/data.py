@@ -18,11 +18,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from grasprune.cache import cached_tokens
 from grasprune.errors import UserError
+
+if TYPE_CHECKING:  # tensors come from cached_tokens: reading and checking data specs needs no torch
+    import torch
 
 BUNDLED_DATA = Path(__file__).resolve().parent / "bundled_data"
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens", ".text", ".md", ".jsonl", ".parquet")

@@ -12,10 +12,10 @@ import streamlit as st
 
 from grasprune.errors import UserError
 from grasprune.events import read_new_events
+from grasprune.method.budget import BudgetPreview, budget_preview
 from grasprune.runs.jobs import JobRegistry, registry
 from grasprune.runs.store import Run, list_runs, run_in_root, runs_root
 from grasprune.runs.timeline import Timeline
-from studio.budget_preview import BudgetPreview, preview
 
 LOG = logging.getLogger("grasprune.studio")
 PAGES = {
@@ -53,7 +53,7 @@ def root() -> Path:
 def cached_preview(spec: str) -> tuple[BudgetPreview | None, str | None]:
     """The model's parameter counts from its config (no weights), or the one-line reason they are unknown."""
     try:
-        return preview(spec), None
+        return budget_preview(spec), None
     except UserError as err:
         return None, str(err)
 

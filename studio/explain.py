@@ -257,14 +257,6 @@ def ste_chain(record: StepRecord, unit: int) -> SteChain:
     )
 
 
-def pruned_unit_with_largest_gradient(record: StepRecord) -> int | None:
-    """The pruned unit (hard gate 0) whose score received the largest gradient, if any was pruned."""
-    pruned = torch.nonzero(record.mask == 0).flatten()
-    if pruned.numel() == 0:
-        return None
-    return int(pruned[record.score_grad[pruned].abs().argmax()])
-
-
 @dataclass(frozen=True)
 class KVGroup:
     index: int  # the K/V head

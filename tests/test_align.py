@@ -191,15 +191,15 @@ def test_the_flag_round_trips_through_the_shown_command():
 
 
 def test_the_budget_preview_minimum_follows_the_alignment(tiny_model_dir):
-    from studio.budget_preview import preview
+    from grasprune.method.budget import budget_preview as preview
 
     found = preview(str(tiny_model_dir))
     layout = layout_of(ModelAdapter(tiny_model("llama")))
     assert found.minimum_params == layout.minimum_params() == 3 * (192 + 6144)
     assert found.aligned(64).minimum_params == layout.minimum_params(64) == 3 * (64 * 192 + 6144)
     found.aligned(32).check(0.3)  # 36,864 of 129,024 needed: fine
-    with pytest.raises(UserError, match=r"keeping a chunk of 64 FFN channels and one KV group per layer needs "
-                                        r"55,296 parameters; raise it to at least 0\.4286 or lower the alignment"):
+    with pytest.raises(UserError, match=r"cannot keep a chunk of 64 FFN channels and one KV group per layer "
+                                            r"\(55,296 needed\): raise --keep-ratio to at least 0\.4286 or lower --align"):
         found.aligned(64).check(0.3)
 
 

@@ -424,7 +424,7 @@ def test_keep_ratio_one_prunes_nothing_and_is_refused(runs_dir, tiny_model_dir):
 
 
 def test_the_keep_ratio_slider_starts_at_the_models_minimum(runs_dir, tiny_model_dir):
-    from studio.budget_preview import preview
+    from grasprune.method.budget import budget_preview as preview
 
     at = app()
     smol = preview("smollm2-135m")
@@ -608,8 +608,8 @@ def test_a_run_its_worker_took_says_starting_and_offers_no_resume(runs_dir, tiny
 
 
 def test_the_prune_page_shows_the_expected_duration_of_its_settings(runs_dir):
+    from grasprune.method.budget import budget_preview as preview
     from grasprune.runs.estimate import ModelSize, expected_durations, rates_for
-    from studio.budget_preview import preview
     from studio.defaults import QUICK
     from studio.estimates import about
 

@@ -115,7 +115,7 @@ def impossible_projection(c):
 
 
 def budget_preview(keep_ratio: float):
-    from studio.budget_preview import preview
+    from grasprune.method.budget import budget_preview as preview
 
     return lambda c: preview(str(c.tiny)).check(keep_ratio)
 
@@ -137,6 +137,10 @@ BAD_INPUTS = [
     cli("prune", "--model", "{tiny}", "--calib-data", "{files}/empty.txt", message="is empty"),
     cli("prune", "--model", "{tiny}", "--eval", "{files}/weights.bin", message="is not a text file"),
     cli("prune", "--model", "{tiny}", "--block-len", "10000000", message="fewer than one block"),
+    cli("prune", "--model", "{tiny}", "--calib-data", "{files}/short.txt", message="fewer than one block"),
+    cli("prune", "--model", "{tiny}", "--calib-samples", "100000", message="pass --calib-samples"),
+    cli("prune", "--model", "{tiny}", "--rescale-data", "{files}/short.txt", message="fewer than one block"),
+    cli("prune", "--model", "nobody/not-cached", message="cannot be reached (offline)"),
     cli("prune", "--model", "{tiny}", "--out", "{files}", message="exists: pass --overwrite"),
     cli("prune", "--model", "{tiny}", "--device", "tpu", message="unknown device 'tpu'"),
     cli("prune", "--model", "{tiny}", "--dtype", "fp16", message="argument --dtype: invalid choice: 'fp16'"),
@@ -181,7 +185,7 @@ BAD_INPUTS = [
     api("eval_seqlen=1", config(eval_seqlen=1), "--eval-seqlen must be at least 2"),
     api("model='  '", config(model="  "), "no model given"),
     # ---- the library: budgets
-    api("preview(tiny).check(0.05)", budget_preview(0.05), "keep ratio 0.05 is impossible for this model"),
+    api("preview(tiny).check(0.05)", budget_preview(0.05), "cannot keep one FFN channel and one KV group per layer"),
     api("preview(tiny).check(1.5)", budget_preview(1.5), "keep ratio 1.5 is outside (0, 1]"),
     api("project(budget below the minimum)", impossible_projection,
         "cannot keep one FFN channel and one KV group per layer"),
@@ -227,7 +231,8 @@ BAD_INPUTS = [
     api("unknown task 'mmlu'", lambda c: _load_task(c, "mmlu"), "unknown zero-shot task 'mmlu'"),
     # ---- the studio's Prune form (Start pressed)
     app("unknown model 'no-such-model'", model="no-such-model"),
-    app("cannot read the config of model 'someone/missing-model'", model="someone/missing-model"),
+    app("is not in the local Hugging Face cache and the Hub cannot be reached (offline)",
+        model="someone/missing-model"),
     app("holds only pickled weights", model="{files}/pickled"),
     app("ships custom modeling code (auto_map)", model="{files}/custom"),
     app("data file not found", calib="/nonexistent/calibration.txt"),
@@ -319,7 +324,8 @@ def cli_results(files, tiny_model_dir, tmp_path_factory) -> tuple[Path, dict]:
             for case in BAD_INPUTS if case.surface == "cli"}
     out = base / "results.json"
     done = subprocess.run([sys.executable, str(REPO / "tests" / "cli_batch.py"), str(out)], input=json.dumps(rows),
-                          capture_output=True, text=True, timeout=900, cwd=REPO, env={**os.environ}, check=False)
+                          capture_output=True, text=True, timeout=900, cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return base, json.loads(out.read_text())
 
@@ -335,6 +341,7 @@ def studio(files, tiny_model_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("app-runs")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRASPRUNE_RUNS", str(runs))
+        patch.setenv("HF_HUB_OFFLINE", "1")  # an uncached hub id is refused the same with or without a network
         st.cache_data.clear()
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
         at.run()
@@ -373,16 +380,12 @@ def check_cli(case: Bad, result: dict, folder: Path, files: Path, tiny: Path) ->
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and errors[0] == lines[-1], stderr[-2000:]
     assert case.message.format(files=files, tiny=tiny) in errors[0]
-    # nothing half-written: no checkpoint, no partial folder; a run folder only when the run had started,
-    # and then it says it failed (with the same message)
+    # nothing written: no checkpoint, no partial folder, and no run folder (check_inputs refuses every row
+    # before a run exists), so the whole stderr is the one line
     assert not (folder / "never").exists()
     assert not [p for p in folder.rglob("*") if p.name.endswith(".partial")]
-    started = list_runs(folder / "runs")
-    if not started:
-        assert len(lines) == 1, stderr  # refused before anything started: the whole stderr is the line
-    for run in started:
-        status = run.status()
-        assert status["status"] == "failed" and status["message"] in errors[0], status
+    assert list_runs(folder / "runs") == [] and not (folder / "runs").exists()
+    assert len(lines) == 1, stderr
 
 
 def check_app(case: Bad, at, runs: Path, files: Path, tiny: Path) -> None:
@@ -434,3 +437,19 @@ def test_a_refused_command_answers_before_transformers_is_imported(argv, tmp_pat
                             timeout=120, cwd=REPO, check=False)
     assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
     assert result.stdout.strip() == "transformers not loaded"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"keep_ratio": 0.001}, "cannot keep one FFN channel and one KV group per layer"),
+    ({"calib_samples": 100_000}, "pass --calib-samples"),
+    ({"rescale_data": "wikitext2#lines=0:3"}, "fewer than one block of 256"),
+    ({"rescale_samples": 100_000}, "pass --rescale-samples"),
+])
+def test_grasprune_prune_refuses_before_a_run_folder_exists(fields, message, tiny_model_dir, tmp_path):
+    """The library call makes the CLI's and the studio's checks (check_inputs) before it creates anything."""
+    import grasprune
+
+    with pytest.raises(UserError, match=message):
+        grasprune.prune(PruneConfig(model=str(tiny_model_dir), **fields), out=tmp_path / "out",
+                        runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()

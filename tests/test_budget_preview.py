@@ -1,8 +1,14 @@
 """The Prune page's parameter counts for a GGUF model come from its converted copy when the cache holds
 one (the GGUF header takes seconds to read) and from the GGUF itself otherwise: the same counts."""
 
-from grasprune.method.models import converted_gguf_folder, embedded_gguf_path, is_converted, load_model
-from studio.budget_preview import model_config, preview
+from grasprune.method.budget import budget_preview as preview
+from grasprune.method.models import (
+    converted_gguf_folder,
+    embedded_gguf_path,
+    is_converted,
+    load_model,
+    model_config,
+)
 
 SMOLLM2_TOTAL, SMOLLM2_PRUNABLE = 134_515_008, 106_168_320
 

@@ -100,8 +100,6 @@ def test_the_ste_chain_rule_explains_the_gradient_of_every_pruned_unit():
     for c in chains:
         assert c.chained == pytest.approx(c.autograd, rel=1e-5, abs=1e-12)
         assert c.sigmoid_slope == pytest.approx(c.prob * (1 - c.prob) / record.tau)
-    strongest = explain.pruned_unit_with_largest_gradient(record)
-    assert abs(record.score_grad[strongest]) == max(abs(c.autograd) for c in chains)
 
 
 @pytest.mark.parametrize(

@@ -27,9 +27,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in PACKAGE.rglob("*.py")
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
+    return {module_name(p): p for p in package.rglob("*.py")
             if "hf_modeling" not in p.parts and "bundled_data" not in p.parts}
+
+
+def repository_modules() -> dict[str, Path]:
+    """The library, the studio's helpers and pages, and the benchmarks."""
+    return {name: path for package in ("grasprune", "studio", "app_pages", "bench")
+            for name, path in modules(REPO / package).items()}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -56,8 +62,8 @@ def layer_of(module: str) -> str:
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else "foundation"
 
 
-def module_graph() -> dict[str, set[str]]:
-    known = modules()
+def module_graph(known: dict[str, Path] | None = None) -> dict[str, set[str]]:
+    known = modules() if known is None else known
     return {name: {m for m in imports_of(path) if m in known and m != name} for name, path in known.items()}
 
 
@@ -124,6 +130,19 @@ def test_no_module_imports_a_layer_above_its_own():
 
 def test_the_modules_import_no_cycle():
     assert find_cycle(module_graph()) is None, find_cycle(module_graph())
+
+
+def test_the_repository_imports_no_cycle():
+    """Studio and bench included: grasprune alone is not enough (bench.kvcache and bench.study_report once
+    imported each other)."""
+    graph = module_graph(repository_modules())
+    assert find_cycle(graph) is None, find_cycle(graph)
+
+
+def test_the_benchmarks_never_import_the_studio():
+    offending = {name: sorted(m for m in imports_of(path) if m.split(".")[0] in ("studio", "streamlit", "app_pages"))
+                 for name, path in modules(REPO / "bench").items()}
+    assert not {name: found for name, found in offending.items() if found}
 
 
 def test_the_library_never_imports_the_studio_or_streamlit():

@@ -1,6 +1,6 @@
 """``--variant paper`` is the authors' procedure exactly: tied by an independent re-derivation of their rules.
 
-The authors' rules (DESIGN.md §2), written out here with plain Python loops and no code from
+The authors' rules (the GRASPrune paper, arXiv 2604.19398; docs/variants.md), written out here with plain Python loops and no code from
 ``grasprune.method.units`` or ``grasprune.method.train``:
 - the projection ranks every unit of every layer and both kinds together by ``p = sigmoid(s / tau)``,
   highest first, ties in unit order (their sort); keeps the longest prefix whose cumulative cost is

@@ -255,11 +255,11 @@ def test_every_page_refuses_run_links_outside_the_runs_folder(arena, monkeypatch
 
 def test_form_paths_are_resolved_and_checked_for_kind(tmp_path, tiny_model_dir):
     from grasprune.data import read_source
-    from grasprune.method.models import check_model_spec
+    from grasprune.method.models import model_source
 
     link = tmp_path / "my-model"
     link.symlink_to(tiny_model_dir, target_is_directory=True)
-    check_model_spec(str(link))  # a symlink to a model folder: the user's own, accepted
+    model_source(str(link))  # a symlink to a model folder: the user's own, accepted
     text = tmp_path / "notes.txt"
     text.write_text("some calibration text\n")
     (tmp_path / "notes-link.txt").symlink_to(text)
@@ -269,9 +269,9 @@ def test_form_paths_are_resolved_and_checked_for_kind(tmp_path, tiny_model_dir):
     dotted = os.path.relpath(tmp_path / "not-a-model", Path.cwd())
     assert dotted.startswith("..")
     refusals = [
-        (lambda: check_model_spec("/dev/zero"), "is not a model folder or a .gguf file"),
-        (lambda: check_model_spec(str(tmp_path / "model.gguf")), "GGUF file not found"),
-        (lambda: check_model_spec(dotted), "has no config.json"),
+        (lambda: model_source("/dev/zero"), "is not a model folder or a .gguf file"),
+        (lambda: model_source(str(tmp_path / "model.gguf")), "GGUF file not found"),
+        (lambda: model_source(dotted), "has no config.json"),
         (lambda: read_source("/dev/zero"), "is not a file"),
         (lambda: read_source(str(tiny_model_dir / "model.safetensors")), "is not a text file"),
         (lambda: read_source("/etc/passwd"), "is not a text file"),

@@ -8,42 +8,19 @@ import sys
 import threading
 from pathlib import Path
 
-from grasprune.cli.options import number
+from grasprune.cli.options import argument_spec, flag_of
 from grasprune.cli.signals import stop_on_signals
 from grasprune.config import HealConfig
 from grasprune.errors import UserError
 from grasprune.events import Emit, EventLog
-
-HELP = {
-    "steps": "training steps, one calibration block each",
-    "minutes": "stop training after this many minutes of wall time, then merge and export (default: no limit)",
-    "lr": "AdamW learning rate of the LoRA adapters (constant)",
-    "rank": "LoRA rank",
-    "alpha": "LoRA alpha (the adapters' scale is alpha / rank)",
-    "data": "training text: wikitext2, c4, ptb, a file or a dataset id, optionally with #lines=A:B",
-    "samples": "calibration blocks (the data is cycled through in a new order each epoch)",
-    "block_len": "tokens per block",
-    "distill": "weight of a KL loss to the dense base model named in grasprune.json (0 = LM loss only; a dense "
-               "forward pass per step)",
-    "seed": "seed of the data order and the adapters' initialisation",
-    "checkpoint_every": "save the adapters and optimiser every N steps (a stopped heal resumes from the last)",
-    "holdout": "held-out text the merged step is chosen on (the lowest loss): next (the blocks right after the "
-               "training ones in --data), a data spec like --data's, or none (merge the last step)",
-    "holdout_samples": "held-out blocks of --block-len tokens",
-    "holdout_every": "measure the held-out loss every N steps (and at the start and the end)",
-}
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("heal", help="LoRA recovery of a pruned checkpoint (merged: same format and shapes)")
     p.add_argument("dir", metavar="CHECKPOINT_DIR", help="a pruned checkpoint folder (with grasprune.json)")
     p.add_argument("--out", required=True, help="the healed checkpoint folder to write")
-    for field in dataclasses.fields(HealConfig):
-        kind = {"int": int, "float": float, "float | None": float}.get(field.type)
-        default = field.default
-        p.add_argument("--" + field.name.replace("_", "-"), dest=field.name, default=default,
-                       type=number(kind) if kind else str,
-                       help=HELP[field.name] + ("" if default is None else f" (default {default})").replace("%", "%%"))
+    for field in dataclasses.fields(HealConfig):  # flags, types and help from HealConfig's fields
+        p.add_argument(flag_of(field), **{**argument_spec(field), "default": field.default})
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--restart", action="store_true", help="discard a stopped heal's saved state and start over")
     p.add_argument("--events", metavar="FILE", help="append the progress to FILE as JSON lines, one event each "

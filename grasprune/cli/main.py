@@ -12,14 +12,14 @@ from pathlib import Path
 
 from grasprune.cli import cache as cli_cache
 from grasprune.cli import heal as cli_heal
+from grasprune.cli import zeroshot as cli_zeroshot
 from grasprune.cli.options import add_config_options, config_overrides, number
 from grasprune.cli.signals import stop_on_signals
 from grasprune.config import CPU_DEFAULTS, GPU_DEFAULTS, PruneConfig
 from grasprune.errors import UserError
 from grasprune.formatting import megabytes
 from grasprune.scaleout.allocator import keep_freed_memory
-from grasprune.serving.convert import DEFAULT_PRECISION, PRECISIONS
-from grasprune.serving.gguf_export import DEFAULT_GGUF_TYPE, GGUF_TYPES
+from grasprune.serving.formats import DEFAULT_GGUF_TYPE, DEFAULT_PRECISION, GGUF_TYPES, PRECISION_NAMES
 
 EXPORT_FORMATS = ("safetensors", "gguf")
 
@@ -65,19 +65,11 @@ def run_prune(args) -> int:
         run = open_run(args.resume, Path(args.runs_dir).resolve() if args.runs_dir else None)
         config = run.config()
     else:
-        config = config_from_args(args)
-        if not config.model:
-            raise UserError("no model given: pass --model smollm2-135m, a hub id, a folder or a .gguf file")
-        resolved = config.resolved()
-        out = Path(args.out).resolve() if args.out else None
-        if out is not None and out.exists() and not args.overwrite:
-            raise UserError(f"output folder {out} exists: pass --overwrite or another --out")
-        from grasprune.data import check_sources
-        from grasprune.method.models import check_model_spec
+        from grasprune.runs.inputs import check_inputs
 
-        check_model_spec(resolved.model, resolved.trust_remote_code, resolved.allow_pickle)
-        check_sources([resolved.calib_data, resolved.rescale_data], resolved.eval_datasets)
-        config_defaults_note(resolved)
+        config = config_from_args(args)
+        out = Path(args.out).resolve() if args.out else None
+        config_defaults_note(check_inputs(config, out, args.overwrite))
         run = create_run(config, Path(args.runs_dir).resolve() if args.runs_dir else None, out)
     share_run(run)
     print(f"run folder: {run.folder}", file=sys.stderr)
@@ -122,7 +114,7 @@ def print_summary(report: dict, run) -> None:
 
 
 def add_ppl_parser(sub) -> None:
-    p = sub.add_parser("ppl", help="perplexity (non-overlapping windows, DESIGN.md §5)")
+    p = sub.add_parser("ppl", help="perplexity (non-overlapping windows, as the pruning papers measure it)")
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", default="wikitext2", help="wikitext2 (test split), ptb (test) or a file")
     p.add_argument("--seqlen", type=int, default=512)
@@ -193,7 +185,7 @@ def add_export_parser(sub) -> None:
     p.add_argument("--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0],
                    help="safetensors (default: a transformers folder) or gguf (a llama.cpp/Ollama file and an "
                         "Ollama Modelfile, in the --out folder)")
-    p.add_argument("--dtype", choices=list(PRECISIONS),
+    p.add_argument("--dtype", choices=PRECISION_NAMES,
                    help=f"safetensors: precision of the floating weights (default {DEFAULT_PRECISION}; fp32 = "
                         "full precision)")
     p.add_argument("--type", dest="gguf_type", choices=GGUF_TYPES,
@@ -252,13 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     cli_heal.register(sub)
     cli_cache.register(sub)
-    try:
-        from grasprune.cli import zeroshot as cli_zeroshot
-
-        cli_zeroshot.register(sub)
-        COMMANDS["zeroshot"] = cli_zeroshot.run
-    except ImportError:
-        pass
+    cli_zeroshot.register(sub)
+    COMMANDS["zeroshot"] = cli_zeroshot.run
     return parser
 
 

@@ -64,7 +64,7 @@ def argument_spec(field: dataclasses.Field) -> dict[str, Any]:
 def help_text(field: dataclasses.Field) -> str:
     text = field.metadata["help"]
     shown_default = field.default if field.default is not dataclasses.MISSING else None
-    if shown_default not in (None, False, True) and "default" not in text:
+    if shown_default is not None and not isinstance(shown_default, bool) and "default" not in text:
         text += f" (default {shown_default})"
     if field.metadata.get("experimental"):
         text += "; needs --experimental"

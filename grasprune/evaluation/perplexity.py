@@ -1,4 +1,4 @@
-"""Perplexity with the protocol the pruning papers share (DESIGN.md §5).
+"""Perplexity with the protocol the pruning papers share (SparseGPT, Wanda, LLM-Pruner, GRASPrune).
 
 Join the test rows, tokenise once with the tokenizer's default special tokens, cut into
 non-overlapping windows of ``seqlen`` (remainder dropped), score each window's ``seqlen - 1``

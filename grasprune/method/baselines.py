@@ -4,7 +4,7 @@ Every baseline returns one score per unit (flat ``UnitLayout`` order, higher = k
 pipeline projects those scores exactly as it projects GRASPrune's gate probabilities, under the same
 budget, so only the criterion differs. Costs are never divided into a score.
 
-What a unit's weights are (DESIGN.md §1): FFN channel ``j`` = row ``j`` of ``gate_proj`` and
+What a unit's weights are (the units GRASPrune gates, ``method/units.py``): FFN channel ``j`` = row ``j`` of ``gate_proj`` and
 ``up_proj`` and column ``j`` of ``down_proj``; KV group ``g`` = the rows of its ``G`` query heads in
 ``q_proj``, of its head in ``k_proj`` and ``v_proj``, and the ``o_proj`` columns of its query heads.
 Biases go with their rows.

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,6 +48,94 @@ def is_pruned_folder(path: Path) -> bool:
     return path.is_dir() and (path / "grasprune.json").is_file()
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model spec names: a ``gguf`` file (the embedded alias or a path), a ``pruned`` GRASPrune
+    checkpoint, a local model ``folder`` or a ``hub`` id (``path`` None)."""
+
+    kind: str
+    spec: str
+    path: Path | None = None
+
+
+def model_source(spec: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> ModelSource:
+    """The one reading of a model spec, with the refusals made before a weight is read (or the Hub asked):
+    a local path resolved and of the right kind, safetensors weights unless pickle is allowed, no custom
+    code unless trusted; anything else must look like a hub id."""
+    spec = str(spec).strip()
+    if not spec:
+        raise UserError("no model given: pass --model smollm2-135m, a hub id, a folder or a .gguf file")
+    if spec == EMBEDDED_ALIAS:
+        return ModelSource("gguf", spec, embedded_gguf_path())
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        if not path.resolve().is_file():
+            raise UserError(f"GGUF file not found: {spec}")
+        return ModelSource("gguf", spec, path.resolve())
+    if path.exists():
+        if is_pruned_folder(path.resolve()):
+            return ModelSource("pruned", spec, path.resolve())
+        _check_local_folder(path.resolve(), trust_remote_code, allow_pickle)
+        return ModelSource("folder", spec, path.resolve())
+    if not HUB_ID.match(spec):
+        raise UserError(
+            f"unknown model '{spec}': pass {EMBEDDED_ALIAS}, a hub id (owner/name), a local folder or a .gguf file"
+        )
+    if _cached_hub_folder(spec) is None and not hub_reachable():
+        raise UserError(f"model '{spec}' is not in the local Hugging Face cache and the Hub cannot be reached "
+                        f"(offline): pass {EMBEDDED_ALIAS}, a local folder or a .gguf file, or connect and retry")
+    return ModelSource("hub", spec)
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection within ``timeout`` seconds (False in offline
+    mode): an unknown hub id offline is refused at once instead of after the client's retries (~24 s)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname or "", endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def model_config(spec: str, trust_remote_code: bool = False):
+    """The Hugging Face config behind a model spec, without its weights. A GGUF's comes from its converted
+    copy when the cache holds one (milliseconds, where the GGUF's header takes seconds). A GRASPrune
+    checkpoint is refused: its base model is what gets pruned."""
+    from transformers import AutoConfig
+
+    source = model_source(spec, trust_remote_code, allow_pickle=True)  # reading a config runs no pickle
+    if source.kind == "pruned":
+        raise UserError(f"{source.spec} is already a GRASPrune checkpoint: prune its base model instead")
+    try:
+        if source.kind == "gguf":
+            converted = converted_gguf_folder(source.path)
+            if is_converted(converted):
+                return AutoConfig.from_pretrained(converted)
+            return AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name)
+        return AutoConfig.from_pretrained(source.path or source.spec, trust_remote_code=trust_remote_code)
+    except Exception as err:  # unreadable file, no network, missing repo: one message
+        raise UserError(f"cannot read the config of model '{source.spec}' ({type(err).__name__})") from err
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    """The tokenizer of a model spec without its weights (a GGUF's from its converted copy, which this
+    makes on first use as ``load_model`` would)."""
+    from transformers import AutoTokenizer
+
+    source = model_source(spec, trust_remote_code, allow_pickle=True)
+    where = _converted_gguf_folder(source.path) if source.kind == "gguf" else source.path or source.spec
+    try:
+        return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except Exception as err:  # no tokenizer files, no network: one message
+        raise UserError(f"cannot read the tokenizer of model '{source.spec}' ({type(err).__name__})") from err
+
+
 def load_model(
     spec: str,
     dtype: torch.dtype | None = None,
@@ -62,32 +151,18 @@ def load_model(
     (``"auto"``, ``"balanced"``, ``{module: device}``, ``"meta"``) loads through accelerate's big-model
     loading instead: layers spread over the devices, CPU or disk offload where they do not fit.
     """
-    spec = str(spec).strip()
-    if not spec:
-        raise UserError("no model given: pass --model smollm2-135m, a hub id, a folder or a .gguf file")
-    if spec == EMBEDDED_ALIAS:
-        folder = _converted_gguf_folder(embedded_gguf_path())
-    elif spec.lower().endswith(".gguf"):
-        path = Path(spec).expanduser().resolve()
-        if not path.is_file():
-            raise UserError(f"GGUF file not found: {spec}")
-        folder = _converted_gguf_folder(path)
-    elif Path(spec).expanduser().exists():
-        folder = Path(spec).expanduser().resolve()
-        if is_pruned_folder(folder):
-            from grasprune.method.export import load_pruned
-
-            if device_map is not None:
-                raise UserError(f"{folder} is a pruned checkpoint: it loads on one device (drop "
-                                "--device-map)")
-            model, tokenizer = load_pruned(folder, dtype=dtype, device=device)
-            return model, tokenizer
-        _check_local_folder(folder, trust_remote_code, allow_pickle)
-    else:
-        return _load_from_hub(spec, dtype, device, trust_remote_code, allow_pickle, device_map,
+    source = model_source(spec, trust_remote_code, allow_pickle)
+    if source.kind == "hub":
+        return _load_from_hub(source.spec, dtype, device, trust_remote_code, allow_pickle, device_map,
                               offload_folder)
-    return _from_folder(folder, dtype, device, trust_remote_code, not allow_pickle, device_map,
-                        offload_folder)
+    if source.kind == "pruned":
+        from grasprune.method.export import load_pruned
+
+        if device_map is not None:
+            raise UserError(f"{source.path} is a pruned checkpoint: it loads on one device (drop --device-map)")
+        return load_pruned(source.path, dtype=dtype, device=device)
+    folder = _converted_gguf_folder(source.path) if source.kind == "gguf" else source.path
+    return _from_folder(folder, dtype, device, trust_remote_code, not allow_pickle, device_map, offload_folder)
 
 
 def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, use_safetensors: bool, device_map=None,
@@ -131,28 +206,6 @@ def _check_local_folder(folder: Path, trust_remote_code: bool, allow_pickle: boo
         )
 
 
-def check_model_spec(spec: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
-    """The refusals ``load_model`` makes before it reads a weight (or asks the Hub): a local path resolved
-    and of the right kind (a ``.gguf`` file or a model folder), safetensors weights unless pickle is
-    allowed, no custom code unless trusted; anything else must look like a hub id."""
-    spec = str(spec).strip()
-    if not spec:
-        raise UserError("no model given: pass --model smollm2-135m, a hub id, a folder or a .gguf file")
-    if spec == EMBEDDED_ALIAS:
-        return
-    path = Path(spec).expanduser()
-    if spec.lower().endswith(".gguf"):
-        if not path.resolve().is_file():
-            raise UserError(f"GGUF file not found: {spec}")
-    elif path.exists():
-        if not is_pruned_folder(path.resolve()):
-            _check_local_folder(path.resolve(), trust_remote_code, allow_pickle)
-    elif not HUB_ID.match(spec):
-        raise UserError(
-            f"unknown model '{spec}': pass {EMBEDDED_ALIAS}, a hub id (owner/name), a local folder or a .gguf file"
-        )
-
-
 def weight_files(spec: str) -> list[Path] | None:
     """The files on this machine that hold a model spec's weights: the GGUF file (the embedded alias or a
     ``.gguf`` path), a local folder's safetensors, a hub model's safetensors in the local Hugging Face
@@ -188,10 +241,6 @@ def _cached_hub_folder(spec: str) -> Path | None:
 
 def _load_from_hub(spec: str, dtype, device, trust_remote_code: bool, allow_pickle: bool, device_map=None,
                    offload_folder=None):
-    if not HUB_ID.match(spec):
-        raise UserError(
-            f"unknown model '{spec}': pass {EMBEDDED_ALIAS}, a hub id (owner/name), a local folder or a .gguf file"
-        )
     from huggingface_hub import snapshot_download
 
     try:

@@ -8,11 +8,12 @@ the checkpoint's widths suit quantisation blocks and GPU kernels: see ``project`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from grasprune.config import LAYER_MINIMUMS, TIE_BREAKS
+from grasprune.config import LAYER_MINIMUMS, TIE_BREAKS, check_keep_ratio
 from grasprune.errors import UserError
 from grasprune.method.adapters import LayerShape, ModelAdapter
 
@@ -60,8 +61,7 @@ class UnitLayout:
 
     def budget(self, keep_ratio: float) -> int:
         """Parameters that may be kept: ``floor(keep_ratio * P)``."""
-        if not 0.0 < keep_ratio <= 1.0:
-            raise UserError(f"keep ratio {keep_ratio} is outside (0, 1]: pass --keep-ratio between 0 and 1")
+        check_keep_ratio(keep_ratio)
         return int(keep_ratio * self.prunable_params)
 
     def minimum_params(self, align: int = 1) -> int:
@@ -174,13 +174,8 @@ def project(probs: torch.Tensor, layout: UnitLayout, budget: int, align: int = 1
     check_choice("layer minimum", layer_minimum, LAYER_MINIMUMS)
     inside = layer_minimum == "inside"
     reserved = layout.minimum_params(align)
-    if inside and reserved > budget:
-        what = "one FFN channel" if align == 1 else f"a chunk of {align} FFN channels"
-        raise UserError(
-            f"budget of {budget:,} parameters cannot keep {what} and one KV group per layer "
-            f"({reserved:,} needed): raise --keep-ratio to at least {reserved / layout.prunable_params:.4f}"
-            + ("" if align == 1 else " or lower --align")
-        )
+    if inside:
+        check_minimum(budget, reserved, layout.prunable_params, align)
     room = budget - reserved if inside else budget
     if align > 1:
         return project_aligned(probs, layout, room, align, tie_break, inside)
@@ -188,6 +183,25 @@ def project(probs: torch.Tensor, layout: UnitLayout, budget: int, align: int = 1
     keep = _keep_prefix(probs.detach(), layout.tie_orders[tie_break].to(device), layout.group.to(device),
                         layout.cost.to(device), 2 * layout.num_layers, room, inside)
     return keep.to(torch.float32)
+
+
+def check_minimum(budget: int, reserved: int, prunable: int, align: int) -> None:
+    """Refuse a budget below the per-layer minimum (``reserved`` parameters): the projection's check, which
+    the budget preview makes before a run exists."""
+    if reserved > budget:
+        what = "one FFN channel" if align == 1 else f"a chunk of {align} FFN channels"
+        raise UserError(
+            f"budget of {budget:,} parameters cannot keep {what} and one KV group per layer "
+            f"({reserved:,} needed): raise --keep-ratio to at least {least_keep_ratio(reserved, prunable):.4f}"
+            + ("" if align == 1 else " or lower --align")
+        )
+
+
+def least_keep_ratio(reserved: int, prunable: int) -> float:
+    """The smallest keep ratio with four decimals whose budget holds ``reserved`` parameters (rounded up,
+    so the ratio a message suggests is accepted)."""
+    ratio = math.ceil(reserved / prunable * 10_000) / 10_000
+    return ratio if int(ratio * prunable) >= reserved else ratio + 1e-4
 
 
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 
 from grasprune.atomic import write_folder_atomic
 from grasprune.errors import UserError
+from grasprune.serving.formats import DEFAULT_PRECISION, PRECISION_NAMES
 
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DEFAULT_PRECISION = "bf16"
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.bfloat16, torch.float16, torch.float32), strict=True))
 # safetensors' floating dtypes and their bytes per element; the three we write, by precision name
 FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 PRECISION_OF = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}

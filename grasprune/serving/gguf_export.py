@@ -32,9 +32,8 @@ from safetensors import safe_open
 
 from grasprune.atomic import write_folder_atomic
 from grasprune.errors import UserError
+from grasprune.serving.formats import DEFAULT_GGUF_TYPE, GGUF_TYPES
 
-GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_k_m", "f32")
-DEFAULT_GGUF_TYPE = "f16"
 QT = gguf.GGMLQuantizationType
 PYTHON_TYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0}
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
