@@ -2,61 +2,77 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import streamlit as st
 
-from grasprune.config import resolve_device
-from grasprune.errors import UserError
-from grasprune.evaluation.generation import generate_text
-from grasprune.evaluation.perplexity import EVAL_DATASETS, perplexity
+from grasprune.evaluation.perplexity import EVAL_DATASETS
 from grasprune.evaluation.zeroshot_tasks import TASKS
 from grasprune.runs import evaluations
+from grasprune.runs.cli_jobs import registry
+from grasprune.runs.processes import log_tail
+from grasprune.runs.run_evaluation import Compared, Request, compared_models
 from grasprune.runs.store import Run
 from studio import charts
 from studio.common import completed_runs, pick_completed_run, remembered, root, shown_errors
+from studio.evaluate_jobs import KIND, create_evaluate_job, latest_evaluate_job, read_evaluation_progress
 from studio.heal_jobs import latest_healed
-
-
-@dataclass(frozen=True)
-class Compared:
-    """A model on the page: its name, its key in the run's stored evaluations, how it loads, where it is."""
-
-    label: str
-    key: str
-    kind: str  # dense: load_model; pruned: load_pruned (a healed checkpoint is one)
-    spec: str
 
 
 def compared(run: Run) -> list[Compared]:
     """The dense model and the run's checkpoint, and its newest finished heal where there is one (stored
     under the heal job's id, so a later heal is measured afresh)."""
-    models = [Compared("dense", "dense", "dense", run.config().model),
-              Compared("pruned", "pruned", "pruned", str(run.output_dir()))]
     healed = latest_healed(root(), run.output_dir())
-    if healed is not None:
-        models.append(Compared("healed", f"healed-{healed.id}", "pruned", str(healed.out)))
-    return models
+    return compared_models(run, {f"healed-{healed.id}": healed.out} if healed is not None else None)
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def load(role: str, spec: str, device: str, trust_remote_code: bool, allow_pickle: bool):
-    if role == "pruned":
-        from grasprune.method.export import load_pruned
+def start(run: Run, request: Request, what: str) -> None:
+    """Start ``grasprune evaluate`` for what is missing, as a background job: a refresh, another page or another
+    button does not lose it (a second evaluation waits until this one ends)."""
+    models = compared(run)
+    if all(key in evaluations.load(run) for m in models for _, key, _ in request.keys(m)):
+        return  # everything asked is stored already: nothing to start
+    jobs = registry()
+    jobs.check_free(KIND)
+    jobs.launch(create_evaluate_job(root(), run, models, request, what))
+    st.rerun()
 
-        return load_pruned(spec, device=device)
-    from grasprune.method.models import load_model
 
-    return load_model(spec, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+def job_panel(run: Run) -> None:
+    """The run's evaluation job: live while it runs (with Stop), then how it ended when it did not finish."""
+    job = latest_evaluate_job(root(), run.id)
+    if job is None:
+        return
+    if registry().alive(job):
+        _live_job(run.id)
+        return
+    progress = read_evaluation_progress(job.events_path)
+    state = registry().state(job, progress)
+    if state == "stopped":
+        st.info(f"The last evaluation ({job.spec().get('what')}) was stopped after {progress.stored} of "
+                f"{progress.total} results; the finished ones are shown below. Press its button again for the rest.")
+    elif state in ("failed", "interrupted"):
+        st.error(f"The last evaluation ({job.spec().get('what')}) {state}: {progress.message or 'see its log'}")
+        tail = log_tail(job.log_path, lines=8)
+        if tail:
+            st.code(tail, language=None)
 
 
-def model_of(run: Run, model: Compared):
-    config = run.config()
-    try:
-        device = resolve_device(config.device)
-    except UserError:
-        device = "cpu"
-    return load(model.kind, model.spec, device, config.trust_remote_code, config.allow_pickle)
+@st.fragment(run_every=1)
+def _live_job(run_id: str) -> None:
+    job = latest_evaluate_job(root(), run_id)
+    if job is None or not registry().alive(job):
+        st.rerun(scope="app")  # ended: draw the page once with its results
+    progress = read_evaluation_progress(job.events_path)
+    item = progress.item or {}
+    now = f"{item.get('model')} · {item.get('name')}" if item else "loading"
+    window = f" · window {progress.window[0]}/{progress.window[1]}" if progress.window else ""
+    fraction = progress.stored / progress.total if progress.total else 0.0
+    st.progress(fraction, text=f"Evaluating ({job.spec().get('what')}): {now}{window} · "
+                               f"{progress.stored} of {progress.total or '?'} results stored")
+    if registry().stopping(job):
+        st.caption("Stopping after the current window…")
+    elif st.button("Stop the evaluation", key="eval_stop"):
+        registry().stop(job)
+        st.rerun(scope="fragment")
 
 
 def baseline_series(run: Run, datasets: list[str], seqlen: int, windows: int) -> dict[str, list[float | None]]:
@@ -75,28 +91,28 @@ def baseline_series(run: Run, datasets: list[str], seqlen: int, windows: int) ->
     return series
 
 
+def run_protocol(run: Run) -> None:
+    """Picking a run sets the perplexity settings to the run's own (its report's numbers), so the same model
+    shows the same number here as on the Prune and Runs pages until the user changes them."""
+    if st.session_state.get("eval_protocol_run") != run.id:
+        config = run.config()
+        st.session_state["eval_seqlen"] = config.eval_seqlen
+        st.session_state["eval_windows"] = config.eval_windows or 64
+        st.session_state["eval_protocol_run"] = run.id
+
+
 def perplexity_section(run: Run) -> None:
     st.subheader("Perplexity")
     c1, c2, c3 = st.columns(3)
     datasets = c1.multiselect("Datasets", list(EVAL_DATASETS), key=remembered("eval_datasets", list(EVAL_DATASETS)))
+    run_protocol(run)
     seqlen = int(c2.number_input("Sequence length", 16, 32_768, key=remembered("eval_seqlen", 512)))
-    windows = int(c3.number_input("Windows", 1, 100_000, key=remembered("eval_windows", 8),
-                                  help="windows of the test split scored (all: a large number)"))
+    windows = int(c3.number_input("Windows", 1, 100_000, key=remembered("eval_windows", 64),
+                                  help="windows of the test split scored (the run's own setting by default; all: a "
+                                       "large number)"))
     models = compared(run)
-    if st.button("Compute perplexity", key="eval_ppl", type="primary"):
-        bar = st.progress(0.0, text="starting…")
-        for m in models:
-            for dataset in datasets:
-                if evaluations.ppl_key(m.key, dataset, seqlen, windows) in evaluations.load(run):
-                    continue
-                model, tokenizer = model_of(run, m)
-
-                def progress(done: int, total: int, label=m.label, dataset=dataset) -> None:
-                    bar.progress(done / total, text=f"{label} · {dataset} · window {done}/{total}")
-
-                result = perplexity(model, tokenizer, dataset, seqlen, windows, progress)
-                evaluations.record(run, evaluations.ppl_key(m.key, dataset, seqlen, windows), result.to_json())
-        bar.empty()
+    if st.button("Compute perplexity", key="eval_ppl", type="primary") and datasets:
+        start(run, Request(datasets=tuple(datasets), seqlen=seqlen, windows=windows), "perplexity")
     stored = evaluations.load(run)
     results = {m.label: [stored.get(evaluations.ppl_key(m.key, d, seqlen, windows)) for d in datasets] for m in models}
     if not datasets or not any(r for values in results.values() for r in values):
@@ -113,22 +129,13 @@ def perplexity_section(run: Run) -> None:
 
 
 def zeroshot_section(run: Run) -> None:
-    from grasprune.evaluation.zeroshot import evaluate_zeroshot
-
     st.subheader("Zero-shot accuracy")
     c1, c2 = st.columns([3, 1])
     tasks = c1.multiselect("Tasks", list(TASKS), key=remembered("eval_zs_tasks", ["arc_easy", "piqa"]))
     limit = int(c2.number_input("Items per task", 1, 100_000, key=remembered("eval_zs_limit", 20)))
     models = compared(run)
-    if st.button("Compute zero-shot accuracy", key="eval_zs"):
-        with st.spinner("Scoring…"):
-            for m in models:
-                todo = [t for t in tasks if evaluations.zeroshot_key(m.key, t, limit) not in evaluations.load(run)]
-                if todo:
-                    model, tokenizer = model_of(run, m)
-                    result = evaluate_zeroshot(model, tokenizer, todo, limit=limit, batch_size=8, progress=False)
-                    for task, metrics in result["tasks"].items():
-                        evaluations.record(run, evaluations.zeroshot_key(m.key, task, limit), metrics)
+    if st.button("Compute zero-shot accuracy", key="eval_zs") and tasks:
+        start(run, Request(tasks=tuple(tasks), limit=limit), "zero-shot accuracy")
     stored = evaluations.load(run)
     series = {m.label: [_accuracy(stored.get(evaluations.zeroshot_key(m.key, t, limit))) for t in tasks]
               for m in models}
@@ -151,12 +158,7 @@ def generation_section(run: Run) -> None:
     tokens = st.slider("New tokens", 8, 256, key=remembered("eval_new_tokens", 48))
     models = compared(run)
     if st.button("Generate with each", key="eval_generate") and prompt.strip():
-        with st.spinner(f"Generating with the {', '.join(m.label for m in models)} model…"):
-            for m in models:
-                key = evaluations.generation_key(m.key, prompt, tokens)
-                if key not in evaluations.load(run):
-                    model, tokenizer = model_of(run, m)
-                    evaluations.record(run, key, {"text": generate_text(model, tokenizer, prompt, tokens)})
+        start(run, Request(prompt=prompt, new_tokens=tokens), "generation")
     stored = evaluations.load(run)
     generated = {m.label: stored.get(evaluations.generation_key(m.key, prompt, tokens)) for m in models}
     if not any(generated.values()):
@@ -176,6 +178,7 @@ def main() -> None:
     report = run.report()
     st.caption(f"Base model {report['base_model']} · keep ratio {report['keep_ratio']:g} · "
                f"{report['params']['total_before']:,} → {report['params']['total_after']:,} parameters")
+    job_panel(run)
     with shown_errors():
         perplexity_section(run)
     with shown_errors():

@@ -11,7 +11,7 @@ from grasprune.config import option_help
 from grasprune.errors import UserError
 from grasprune.method.heal import HealConfig, check_heal
 from studio.common import completed_runs, pick_run, root, shown_errors
-from studio.heal_jobs import heal_job_in_root, heal_section, list_heal_jobs, registry
+from studio.heal_jobs import heal_job_in_root, heal_section, list_heal_jobs, registry, start_heal
 from studio.heal_view import heal_view
 
 SOURCES = {"run": "A completed run", "path": "A checkpoint folder"}
@@ -107,7 +107,7 @@ def check(source: Path | None, out: Path | None, cfg: HealConfig, overwrite: boo
 def start(source: Path | None, out: Path | None, cfg: HealConfig, overwrite: bool, restart: bool,
           run_id: str | None) -> None:
     source, out = check(source, out, cfg, overwrite, restart)
-    job = registry().start(root(), source, out, cfg, overwrite, restart, run_id)
+    job = start_heal(registry(), root(), source, out, cfg, overwrite, restart, run_id)
     st.query_params["heal"] = job.id
     st.rerun()
 

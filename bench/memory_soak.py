@@ -88,7 +88,7 @@ def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
 
 
 def rss_mb(pid: int) -> float:
-    from grasprune.runs.jobs import process_rss
+    from grasprune.runs.processes import process_rss
 
     value = process_rss(pid)
     if value is None:

@@ -12,7 +12,7 @@ import shlex
 import streamlit as st
 
 from grasprune.method.heal import HealConfig, check_heal
-from grasprune.runs.jobs import log_tail, process_rss
+from grasprune.runs.processes import log_tail, process_rss
 
 from . import charts
 from .common import PAGES, duration, root, shown_errors, size

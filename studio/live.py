@@ -15,7 +15,8 @@ import streamlit as st
 from grasprune.cli.command import prune_command
 from grasprune.evaluation.dense_reference import perplexity_line, quality_warning
 from grasprune.runs.estimate import correction, phase_remaining, whole_run_eta
-from grasprune.runs.jobs import LOG_NAME, Job, log_tail, process_rss, shown_state
+from grasprune.runs.jobs import Job, shown_state
+from grasprune.runs.processes import LOG_NAME, log_tail, process_rss
 from grasprune.runs.store import Run, run_in_root
 from grasprune.runs.timeline import PHASE_LABELS, PROGRESS_UNITS, PhaseSpan, Timeline
 

@@ -211,9 +211,20 @@ def computed_perplexity(at: AppTest):
     at.multiselect(key="eval_datasets").set_value(["wikitext2"])
     at.number_input(key="eval_seqlen").set_value(64)
     at.number_input(key="eval_windows").set_value(1).run()
-    at.button(key="eval_ppl").click().run()
+    finished_evaluation(at.button(key="eval_ppl").click().run())
     assert errors(at) == []
     return at.dataframe[0].value
+
+
+def finished_evaluation(at: AppTest, timeout: float = 300) -> AppTest:
+    """The page once the evaluation job its button started has ended (the job runs ``grasprune evaluate``)."""
+    from grasprune.runs.cli_jobs import registry
+
+    deadline = time.monotonic() + timeout
+    while registry().running("evaluate") is not None:
+        assert time.monotonic() < deadline, "the evaluation job did not end"
+        time.sleep(0.5)
+    return at.run()
 
 
 def test_evaluate_page_compares_dense_and_pruned_perplexity_and_generation(runs_dir, completed_run):
@@ -225,7 +236,7 @@ def test_evaluate_page_compares_dense_and_pruned_perplexity_and_generation(runs_
     pruned = rows[rows["model"] == "pruned"]["perplexity"].iloc[0]
     assert pruned == pytest.approx(completed_run.report()["metrics"]["ppl_wikitext2"]["ppl"], rel=1e-3)
     at.slider(key="eval_new_tokens").set_value(8)
-    at.button(key="eval_generate").click().run()
+    finished_evaluation(at.button(key="eval_generate").click().run())
     assert errors(at) == []
     generated = [t.value for t in at.text if t.value.startswith("The capital of France is")]
     assert len(generated) == 2
@@ -245,6 +256,50 @@ def test_evaluate_page_compares_dense_and_pruned_perplexity_and_generation(runs_
     prompt, stored = "The capital of France is", evaluations.load(run_in_root(run_id, runs_dir))
     texts = [stored[evaluations.generation_key(role, prompt, 8)]["text"] for role in ("dense", "pruned")]
     assert [prompt + text for text in texts] == generated
+
+
+def test_grasprune_evaluate_stores_each_models_results_in_the_run(runs_dir, completed_run):
+    from conftest import run_cli
+
+    run = run_in_root(with_run(runs_dir, completed_run), runs_dir)
+    events = runs_dir / "events.jsonl"
+    done = run_cli("evaluate", str(run.folder), "--ppl", "wikitext2", "--seqlen", "64", "--windows", "1",
+                   "--generate", "Hello", "--new-tokens", "4", "--events", str(events))
+    assert done.returncode == 0, done.stderr[-2000:]
+    stored = evaluations.load(run)
+    assert set(stored) == {evaluations.ppl_key(m, "wikitext2", 64, 1) for m in ("dense", "pruned")} | \
+        {evaluations.generation_key(m, "Hello", 4) for m in ("dense", "pruned")}
+    assert stored[evaluations.ppl_key("pruned", "wikitext2", 64, 1)]["ppl"] == pytest.approx(
+        run.report()["metrics"]["ppl_wikitext2"]["ppl"], rel=1e-3)  # the run's own number at its own protocol
+    kinds = [json.loads(line)["type"] for line in events.read_text().splitlines()]
+    assert kinds.count("result") == 2 and kinds[-1] == "done"  # the perplexities: stored by the run at its protocol
+    again = run_cli("evaluate", str(run.folder), "--ppl", "wikitext2", "--seqlen", "64", "--windows", "1")
+    assert again.returncode == 0 and again.stdout.startswith("0 results computed")  # stored ones are kept
+
+
+def test_an_evaluation_job_survives_another_button_and_a_refresh_and_says_when_it_was_stopped(runs_dir,
+                                                                                             completed_run):
+    from grasprune.runs.cli_jobs import registry
+
+    run_id = with_run(runs_dir, completed_run)
+    at = app("app_pages/evaluate.py", run_id)
+    assert (at.number_input(key="eval_seqlen").value, at.number_input(key="eval_windows").value) == (64, 1)
+    at.multiselect(key="eval_datasets").set_value(["wikitext2", "ptb"])
+    at.number_input(key="eval_seqlen").set_value(16)
+    at.number_input(key="eval_windows").set_value(100_000).run()  # every window: long enough to stop it
+    at.button(key="eval_ppl").click().run()
+    assert errors(at) == []
+    at.button(key="eval_generate").click().run()  # a second computation waits: the first is not dropped
+    assert any("an evaluation is already running" in e for e in errors(at)), errors(at)
+    refreshed = app("app_pages/evaluate.py", run_id)  # a refresh: a new session finds the job running
+    assert any("Evaluating (perplexity)" in p.text for p in refreshed.get("progress")) or registry().running("evaluate")
+    refreshed.button(key="eval_stop").click().run()
+    deadline = time.monotonic() + 120
+    while registry().running("evaluate") is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    ended = app("app_pages/evaluate.py", run_id)
+    assert any("was stopped after" in i.value for i in ended.info), [i.value for i in ended.info]
 
 
 def download(run_id: str, query: str = ""):

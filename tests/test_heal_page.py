@@ -21,6 +21,7 @@ from grasprune.cli.main import build_parser
 from grasprune.events import EventLog
 from grasprune.method.export import load_pruned
 from grasprune.method.heal import HealConfig, state_folder
+from grasprune.runs.cli_jobs import CliJobs
 from studio import heal_jobs
 from studio.heal_jobs import create_heal_job, heal_job_in_root, list_heal_jobs, read_progress
 from studio.heal_view import merged_text
@@ -92,7 +93,7 @@ def test_the_progress_reader_leaves_a_partial_last_line_for_later_and_folds_a_re
 
 def test_a_jobs_state_comes_from_its_exit_code_else_from_its_events(tmp_path):
     job = create_heal_job(tmp_path, tmp_path / "pruned", tmp_path / "healed", HealConfig())
-    jobs = heal_jobs.HealJobs()
+    jobs = CliJobs()
 
     def state(**process) -> str:
         if process:

@@ -9,7 +9,8 @@ import pytest
 
 from grasprune.config import PruneConfig
 from grasprune.errors import UserError
-from grasprune.runs.jobs import JobRegistry, log_tail, process_rss
+from grasprune.runs.jobs import JobRegistry
+from grasprune.runs.processes import log_tail, process_rss
 from grasprune.runs.store import create_run
 
 

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from grasprune.cli import cache as cli_cache
+from grasprune.cli import evaluate as cli_evaluate
 from grasprune.cli import heal as cli_heal
 from grasprune.cli import zeroshot as cli_zeroshot
 from grasprune.cli.options import add_config_options, config_overrides, number
@@ -232,7 +233,7 @@ def run_export_gguf(args) -> int:
 
 
 COMMANDS = {"prune": run_prune, "ppl": run_ppl, "inspect": run_inspect, "export": run_export, "heal": cli_heal.run,
-            "cache": cli_cache.run}
+            "evaluate": cli_evaluate.run, "cache": cli_cache.run, "zeroshot": cli_zeroshot.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,9 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_parser(sub)
     add_export_parser(sub)
     cli_heal.register(sub)
+    cli_evaluate.register(sub)
     cli_cache.register(sub)
     cli_zeroshot.register(sub)
-    COMMANDS["zeroshot"] = cli_zeroshot.run
     return parser
 
 

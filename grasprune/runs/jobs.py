@@ -13,27 +13,25 @@ running, or dead) is known only through its run folder's status; ``stop`` reache
 
 from __future__ import annotations
 
-import atexit
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from grasprune.errors import UserError
+from grasprune.runs.processes import (
+    LOG_NAME,
+    STOP_GRACE_S,
+    grasprune_argv,
+    launch,
+    process_wide,
+    stop_orphan,
+    stop_process,
+)
 from grasprune.runs.store import Run
-
-T = TypeVar("T")
-
-STOP_GRACE_S = 15.0
-LOG_NAME = "job.log"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -108,17 +106,10 @@ class JobRegistry:
             proc = self._procs.get(run_id)
             if job is not None and proc is not None and job.state == "running":
                 job.stopping = True
-                signal_group(proc.pid, signal.SIGTERM)
-                threading.Thread(target=self._kill_later, args=(proc,), daemon=True).start()
+                stop_process(proc, self.stop_grace_s)
                 return True
             folder = job.folder if job is not None else None
-        return folder is not None and stop_orphan(Run(folder))
-
-    def _kill_later(self, proc: subprocess.Popen) -> None:
-        try:
-            proc.wait(timeout=self.stop_grace_s)
-        except subprocess.TimeoutExpired:
-            signal_group(proc.pid, signal.SIGKILL)
+        return folder is not None and stop_run_orphan(Run(folder))
 
     def job(self, run_id: str) -> Job | None:
         with self._lock:
@@ -178,7 +169,7 @@ class JobRegistry:
                 job = self._queues[device].popleft()
                 job.state, job.started = "running", time.time()
                 try:
-                    proc = _launch(job)
+                    proc = launch(job_command(job.folder, job.root), job.folder / LOG_NAME)
                 except OSError as err:
                     job.state, job.ended, job.returncode = "finished", time.time(), -1
                     Run(job.folder).set_status("failed", message=f"cannot start the job: {err.strerror}")
@@ -228,84 +219,13 @@ def device_key(run: Run) -> str:
 
 
 def job_command(folder: Path, root: Path) -> list[str]:
-    return [sys.executable, "-m", "grasprune", "prune", "--resume", str(folder), "--runs-dir", str(root)]
+    return grasprune_argv("prune", "--resume", str(folder), "--runs-dir", str(root))
 
 
-def _launch(job: Job) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    with open(job.folder / LOG_NAME, "ab") as log:
-        log.write(f"\n$ {' '.join(job_command(job.folder, job.root))}\n".encode())
-        log.flush()
-        return subprocess.Popen(job_command(job.folder, job.root), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-
-
-def signal_group(pid: int, sig: int) -> None:
-    """Send ``sig`` to a job's process group (its subprocesses too); a group already gone is no error."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def stop_orphan(run: Run) -> bool:
+def stop_run_orphan(run: Run) -> bool:
     """SIGTERM the process a run folder says is running it (a job of an earlier server process)."""
     status = run.status()
-    pid = status.get("pid")
-    if status.get("status") != "running" or not isinstance(pid, int):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if b"grasprune" not in b" ".join(cmdline) or str(run.folder).encode() not in cmdline:
-        return False  # the pid was reused by an unrelated process
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def log_tail(path: Path, lines: int = 15, max_bytes: int = 16384) -> str | None:
-    """The last ``lines`` lines of a job log (None if there is none), read from its last ``max_bytes``
-    only: a live view polls it every second, and a long job's log grows without bound."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, handle.seek(0, 2) - max_bytes))
-            text = handle.read().decode(errors="replace")
-    except FileNotFoundError:
-        return None
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def process_rss(pid: int | None) -> int | None:
-    """Resident memory of a live process in bytes (Linux /proc), or None."""
-    if not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def process_wide(factory: Callable[[], T]) -> Callable[[], T]:
-    """A getter of one object per process, made by ``factory`` on first use, its ``shutdown()`` run at exit:
-    a registry of background processes that every session of a server shares."""
-    lock, made = threading.Lock(), []
-
-    def get() -> T:
-        with lock:
-            if not made:
-                made.append(factory())
-                atexit.register(made[0].shutdown)
-            return made[0]
-
-    return get
+    return status.get("status") == "running" and stop_orphan(status.get("pid"), run.folder)
 
 
 registry: Callable[[], JobRegistry] = process_wide(JobRegistry)
