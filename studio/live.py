@@ -21,6 +21,7 @@ from grasprune.runs.store import Run, run_in_root
 from grasprune.runs.timeline import PHASE_LABELS, PROGRESS_UNITS, PhaseSpan, Timeline
 
 from . import charts
+from .advice import next_steps
 from .common import PAGES, duration, jobs, root, shown_errors, size, timeline
 from .estimates import Plan, run_plan
 from .results_view import measured_spread
@@ -239,3 +240,5 @@ def _results(run: Run, tl: Timeline) -> None:
     warning = quality_warning(run.report() or {}) if tl.done else None
     if warning:
         st.warning(warning)
+    if tl.done:
+        st.markdown("**Next steps**\n\n" + "\n".join(f"- {step}" for step in next_steps(run.config())))

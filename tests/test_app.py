@@ -545,6 +545,17 @@ def test_run_page_shows_the_dense_perplexity_beside_the_pruned_one(runs_dir, com
     assert not [w.value for w in at.warning]  # a random tiny model: pruned and dense are alike
 
 
+def test_a_run_page_gives_next_steps_even_at_x1_5_the_dense_perplexity(runs_dir, completed_run):
+    run_id = with_run(runs_dir, completed_run)
+    make_far_worse(run_in_root(run_id, runs_dir), factor=1.5)
+    at = app(run_id=run_id)
+    assert errors(at) == []
+    assert not [w.value for w in at.warning]  # below the far-worse line: no warning, but still advice
+    (steps,) = [m.value for m in at.markdown if m.value.startswith("**Next steps**")]
+    assert "**Heal it**" in steps and "went from WikiText-2" in steps  # with the gain measured in bench/results
+    assert "**Run the full settings**" in steps  # the tiny run used fewer blocks than the CLI's defaults
+
+
 def test_run_page_warns_when_the_pruned_model_is_far_worse_than_dense(runs_dir, completed_run):
     run_id = with_run(runs_dir, completed_run)
     dense = make_far_worse(run_in_root(run_id, runs_dir))
