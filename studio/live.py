@@ -26,9 +26,13 @@ from .common import PAGES, duration, jobs, root, shown_errors, size, timeline
 from .estimates import Plan, run_plan
 from .results_view import measured_spread
 
+NEXT_PAGES = (("inspect", "Inspect the mask", ":material/grid_on:"), ("evaluate", "Evaluate", ":material/analytics:"),
+              ("export", "Download", ":material/download:"))
 RESUMABLE = ("stopped", "interrupted", "failed", "queued")
 LIVE = ("queued", "starting", "running")
-ICONS = {"done": "✅", "current": "▶️", "stopped": "⏸️", "skipped": "⏭️", "pending": "⏳"}
+# Streamlit's Material icons: drawn by the app's own font, where emoji need one on the viewer's machine
+ICONS = {"done": ":material/check_circle:", "current": ":material/play_circle:", "stopped": ":material/pause_circle:",
+         "skipped": ":material/skip_next:", "pending": ":material/schedule:"}
 
 
 def is_active(run: Run) -> bool:
@@ -200,10 +204,10 @@ def _actions(run: Run, state: str) -> None:
         with shown_errors():
             jobs().submit(run, root())
             st.rerun(scope="app")
-    if state == "completed":
-        cols[1].page_link(PAGES["inspect"], label="Inspect the mask", query_params={"run": run.id})
-        cols[2].page_link(PAGES["evaluate"], label="Evaluate", query_params={"run": run.id})
-        cols[3].page_link(PAGES["export"], label="Download", query_params={"run": run.id})
+    if state == "completed":  # buttons, so they read as the actions they are (a page link looks like text)
+        for column, (page, label, icon) in zip(cols[1:], NEXT_PAGES, strict=True):
+            if column.button(label, key=f"{page}-{run.id}", icon=icon, width="stretch"):
+                st.switch_page(PAGES[page], query_params={"run": run.id})
 
 
 def _charts(tl: Timeline) -> None:

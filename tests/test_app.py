@@ -545,6 +545,16 @@ def test_run_page_shows_the_dense_perplexity_beside_the_pruned_one(runs_dir, com
     assert not [w.value for w in at.warning]  # a random tiny model: pruned and dense are alike
 
 
+def test_a_completed_runs_actions_are_buttons_that_open_their_page_on_the_run(runs_dir, completed_run):
+    run_id = with_run(runs_dir, completed_run)
+    at = app(run_id=run_id)
+    assert [at.button(key=f"{page}-{run_id}").label for page in ("inspect", "evaluate", "export")] == [
+        "Inspect the mask", "Evaluate", "Download"]
+    at.button(key=f"evaluate-{run_id}").click().run()
+    assert errors(at) == []
+    assert at.selectbox(key="evaluate_run").value == run_id  # the Evaluate page, on this run
+
+
 def test_a_run_page_gives_next_steps_even_at_x1_5_the_dense_perplexity(runs_dir, completed_run):
     run_id = with_run(runs_dir, completed_run)
     make_far_worse(run_in_root(run_id, runs_dir), factor=1.5)
@@ -585,12 +595,15 @@ def test_runs_page_shows_dense_beside_pruned_with_formatted_numbers(runs_dir, co
     assert not any(text in ("None", "nan") for text in cells.to_numpy().ravel())
 
 
-PHASE_LINE = re.compile(r"^(✅|▶️|⏸️|⏭️|⏳) (\*\*)?([a-z ]+?)(\*\*)?: (.+)$")
+PHASE_LINE = re.compile(r"^(:material/[a-z_]+:) (\*\*)?([a-z ]+?)(\*\*)?: (.+)$")
 
 
 def phase_lines(at: AppTest) -> dict[str, tuple[str, str]]:
     """The live view's phase list: {label: (icon, text)}, in the list's order."""
-    (listing,) = [m.value for m in at.markdown if m.value.startswith(("✅ loading", "▶️ **loading", "⏳ loading"))]
+    from studio.live import ICONS
+
+    starts = (f"{ICONS['done']} loading", f"{ICONS['current']} **loading", f"{ICONS['pending']} loading")
+    (listing,) = [m.value for m in at.markdown if m.value.startswith(starts)]
     return {found[3]: (found[1], found[5]) for found in map(PHASE_LINE.match, listing.split("  \n"))}
 
 
@@ -603,7 +616,7 @@ def test_the_live_view_lists_the_runs_own_phases_importance_included_with_their_
     assert list(lines) == ["loading", "importance scoring", "gate training", "scale calibration", "export",
                            "evaluation"]  # the default variant starts from an importance pass
     for icon, text in lines.values():
-        assert icon == "✅" and re.fullmatch(r"done in \dm \d\ds", text)
+        assert icon == ":material/check_circle:" and re.fullmatch(r"done in \dm \d\ds", text)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["ETA (whole run)"] == "–"
 
@@ -636,14 +649,14 @@ def test_a_running_run_shows_done_current_and_pending_phases_and_one_eta(runs_di
     waited = time.time() - now
     assert errors(at) == []
     lines = phase_lines(at)
-    assert lines["loading"] == ("✅", "done in 0m 02s")
-    assert lines["importance scoring"] == ("✅", "done in 0m 06s")
+    assert lines["loading"] == (":material/check_circle:", "done in 0m 02s")
+    assert lines["importance scoring"] == (":material/check_circle:", "done in 0m 06s")
     icon, text = lines["gate training"]
     # 4 steps left at 1 step / 4 s from its own rate (steps 1 to 4), less the time since the last step
     left = re.fullmatch(r"step 4/8 \(50%\) · about 0m (\d\d)s left", text)
-    assert icon == "▶️" and left and 16 - waited - 1 <= int(left[1]) <= 16
+    assert icon == ":material/play_circle:" and left and 16 - waited - 1 <= int(left[1]) <= 16
     for label in ("scale calibration", "export", "evaluation"):
-        assert lines[label] == ("⏳", "pending, a few seconds")  # a tiny model: the predictions are small
+        assert lines[label] == (":material/schedule:", "pending, a few seconds")  # a tiny model: the predictions are small
     (bar,) = at.get("progress")
     assert re.fullmatch(r"gate training · step 4/8 \(50%\) · ETA 0m \d\ds", bar.proto.text)
     eta = {m.label: m.value for m in at.metric}["ETA (whole run)"]
