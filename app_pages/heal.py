@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import streamlit as st
@@ -9,6 +10,7 @@ import streamlit as st
 from grasprune.cli.command import heal_command
 from grasprune.config import option_help
 from grasprune.errors import UserError
+from grasprune.evaluation.perplexity import EVAL_DATASETS
 from grasprune.method.heal import HealConfig, check_heal
 from studio.common import completed_runs, pick_run, root, shown_errors
 from studio.heal_jobs import heal_job_in_root, heal_section, list_heal_jobs, registry, start_heal
@@ -42,7 +44,35 @@ def default_out(source: Path | None) -> Path | None:
     return root() / "healed" / f"{source.name}-healed"
 
 
-def settings_form() -> HealConfig:
+def checkpoint_protocol(source: Path | None) -> tuple[list[str], int, int]:
+    """The perplexity protocol of the checkpoint's own report (its run's settings), so the healed model is
+    measured as the pruned one was; WikiText-2 at 512 x 64 (the README's) where it names none."""
+    try:
+        config = json.loads((source / "grasprune.json").read_text()).get("config") or {}
+    except (OSError, TypeError, ValueError):
+        config = {}
+    datasets = [d for d in config.get("eval_datasets") or [] if d in EVAL_DATASETS] or ["wikitext2"]
+    return (datasets, int(config.get("eval_seqlen") or 512),
+            int(config.get("eval_windows") or 64))
+
+
+def evaluation_inputs(source: Path | None) -> tuple[list[str], int, int]:
+    """Measured on the healed checkpoint once written: the source's own protocol by default (reset when the
+    checkpoint changes)."""
+    datasets, seqlen, windows = checkpoint_protocol(source)
+    if st.session_state.get("heal_eval_source") != str(source):
+        st.session_state.update(heal_eval_datasets=datasets, heal_eval_seqlen=seqlen, heal_eval_windows=windows,
+                                heal_eval_source=str(source))
+    e1, e2, e3 = st.columns([2, 1, 1])
+    datasets = e1.multiselect("Perplexity after healing", list(EVAL_DATASETS), key="heal_eval_datasets",
+                              help=option_help("eval_datasets", HealConfig))
+    seqlen = e2.number_input("Sequence length", 2, 32_768, key="heal_eval_seqlen",
+                             help=option_help("eval_seqlen", HealConfig))
+    windows = e3.number_input("Windows", 1, 100_000, key="heal_eval_windows", help=option_help("eval_windows", HealConfig))
+    return list(datasets), int(seqlen), int(windows)
+
+
+def settings_form(source: Path | None) -> HealConfig:
     d = HealConfig()
     c1, c2, c3 = st.columns(3)
     steps = c1.number_input("Steps", 1, 10**7, d.steps, key="heal_steps", help=option_help("steps", HealConfig))
@@ -68,10 +98,12 @@ def settings_form() -> HealConfig:
                                           key="heal_holdout_samples", help=option_help("holdout_samples", HealConfig))
         holdout_every = h3.number_input("Measure every (steps)", 1, 10**7, d.holdout_every, key="heal_holdout_every",
                                         help=option_help("holdout_every", HealConfig))
+    eval_datasets, eval_seqlen, eval_windows = evaluation_inputs(source)
     return HealConfig(steps=int(steps), minutes=float(minutes) or None, lr=float(lr), rank=int(rank), alpha=int(alpha),
                       data=data, samples=int(samples), block_len=int(block_len), distill=float(distill),
                       seed=int(seed), checkpoint_every=int(every), holdout=holdout,
-                      holdout_samples=int(holdout_samples), holdout_every=int(holdout_every))
+                      holdout_samples=int(holdout_samples), holdout_every=int(holdout_every),
+                      eval_datasets=eval_datasets, eval_seqlen=eval_seqlen, eval_windows=eval_windows)
 
 
 def output_input(source: Path | None) -> tuple[Path | None, bool, bool]:
@@ -139,7 +171,7 @@ def main() -> None:
         job_id = attached_job_id()
         with st.expander("New heal", expanded=job_id is None):
             source, run_id = checkpoint_input()
-            cfg = settings_form()
+            cfg = settings_form(source)
             out, overwrite, restart = output_input(source)
             st.caption("Equivalent command:")
             st.code(heal_command(source or "CHECKPOINT_DIR", out or "OUT", cfg, overwrite, restart), language="bash")

@@ -398,13 +398,21 @@ class HealConfig:
     holdout_samples: int = option(16, "held-out blocks of --block-len tokens", group="heal")
     holdout_every: int = option(100, "measure the held-out loss every N steps (and at the start and the end)",
                                 group="heal")
+    eval_datasets: list[str] = option(  # noqa: RUF009 - option() is field(default_factory=...)
+        help="perplexity datasets `grasprune heal` measures on the healed checkpoint once written, comma-separated "
+             "(wikitext2, ptb, c4 or files; default none): stored in its grasprune.json like a prune's", group="heal", flag="--eval",
+        factory=list)
+    eval_seqlen: int = option(512, "tokens per perplexity window", group="heal")
+    eval_windows: int = option(64, "perplexity windows per dataset", group="heal")
 
     def validate(self) -> None:
-        for name in ("steps", "rank", "alpha", "samples", "checkpoint_every", "holdout_samples", "holdout_every"):
+        for name in ("steps", "rank", "alpha", "samples", "checkpoint_every", "holdout_samples", "holdout_every",
+                     "eval_windows"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        if self.block_len < 2:
-            raise UserError(f"--block-len must be at least 2 (got {self.block_len})")
+        if self.block_len < 2 or self.eval_seqlen < 2:
+            name, value = ("block-len", self.block_len) if self.block_len < 2 else ("eval-seqlen", self.eval_seqlen)
+            raise UserError(f"--{name} must be at least 2 (got {value})")
         if not self.lr > 0:
             raise UserError(f"--lr must be positive (got {self.lr})")
         if not 0 <= self.distill <= 1:
@@ -428,5 +436,7 @@ class HealConfig:
         return None if spec.lower() in (HOLDOUT_NEXT, HOLDOUT_NONE) else spec
 
     def identity(self) -> dict:
-        """The settings a resumed run must share (the time limit may change between tries)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "minutes"}
+        """The settings a resumed run must share (the time limit and the final evaluation may change between
+        tries)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("minutes", "eval_datasets", "eval_seqlen", "eval_windows")}

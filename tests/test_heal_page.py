@@ -180,8 +180,17 @@ def test_a_heal_started_on_the_page_shows_its_live_loss_stops_resumes_and_finish
     assert "Best held-out loss" in [m.label for m in at.metric] and any(merged_text(report) in m.value for m in at.markdown)
     assert not state_folder(out).exists()
     assert any(c.value.startswith(f"grasprune ppl --model {out}") for c in at.code)
-    model, _ = load_pruned(out)
+    model, tokenizer = load_pruned(out)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in load_pruned(pruned)[0].parameters())
+    # measured once written, at the pruned checkpoint's own protocol: a heal has numbers like a run
+    (metric,) = json.loads((out / "grasprune.json").read_text())["metrics"].values()
+    source = json.loads((pruned / "grasprune.json").read_text())["config"]
+    assert (metric["dataset"], metric["seqlen"], metric["windows"]) == ("wikitext2", source["eval_seqlen"],
+                                                                        source["eval_windows"])
+    from grasprune.evaluation.perplexity import perplexity
+
+    assert metric["ppl"] == pytest.approx(perplexity(model, tokenizer, "wikitext2", metric["seqlen"],
+                                                     metric["windows"]).ppl, rel=1e-5)
 
 
 def test_a_completed_run_is_offered_and_heals_beside_its_checkpoint(runs_dir, pruned):  # noqa: F811

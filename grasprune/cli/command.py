@@ -48,7 +48,7 @@ def heal_args(source: Path | str, out: Path | str, cfg: HealConfig, overwrite: b
         value = getattr(cfg, field.name)
         if value is None or (field.name not in HEAL_ALWAYS and value == getattr(default, field.name)):
             continue
-        args += ["--" + field.name.replace("_", "-"), str(value)]
+        args += [flag_of(field), ",".join(value) if isinstance(value, list) else str(value)]
     return args + ["--overwrite"] * overwrite + ["--restart"] * restart
 
 

@@ -20,7 +20,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="CHECKPOINT_DIR", help="a pruned checkpoint folder (with grasprune.json)")
     p.add_argument("--out", required=True, help="the healed checkpoint folder to write")
     for field in dataclasses.fields(HealConfig):  # flags, types and help from HealConfig's fields
-        p.add_argument(flag_of(field), **{**argument_spec(field), "default": field.default})
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        p.add_argument(flag_of(field), **{**argument_spec(field), "default": default})
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--restart", action="store_true", help="discard a stopped heal's saved state and start over")
     p.add_argument("--events", metavar="FILE", help="append the progress to FILE as JSON lines, one event each "
@@ -39,6 +40,10 @@ def run(args) -> int:
     stop_on_signals(stop)
     try:
         report = heal(args.dir, args.out, cfg, emit=emit, stop=stop, overwrite=args.overwrite, restart=args.restart)
+        if cfg.eval_datasets:
+            from grasprune.evaluation.checkpoint_metrics import measure_checkpoint
+
+            report = measure_checkpoint(Path(args.out), cfg.eval_datasets, cfg.eval_seqlen, cfg.eval_windows, emit)
     except Stopped as err:
         print(f"{err}: run the same command again to resume", file=sys.stderr)
         return 3
@@ -50,6 +55,9 @@ def run(args) -> int:
     done = report["heal"]
     merged = "" if done["merged_step"] == done["steps"] else f", merged step {done['merged_step']} (lowest held-out loss)"
     print(f"healed {done['steps']} steps in {done['elapsed_s']:.0f}s{merged}: {args.out}")
+    for metric in report.get("metrics", {}).values():
+        print(f"{metric['dataset']} perplexity {metric['ppl']:.2f} (seqlen {metric['seqlen']}, {metric['windows']} "
+              "windows)")
     return 0
 
 

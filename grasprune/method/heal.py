@@ -127,7 +127,7 @@ def check_heal(source: str | Path, out: str | Path, cfg: HealConfig, overwrite: 
         raise UserError(f"output folder {out} exists: pass --overwrite or another --out")
     if not restart:
         HealState(state_folder(out), cfg).saved()
-    check_sources([cfg.data] + ([cfg.holdout_source] if cfg.holdout_source else []), [])
+    check_sources([cfg.data] + ([cfg.holdout_source] if cfg.holdout_source else []), cfg.eval_datasets)
     return source, out
 
 
