@@ -20,6 +20,7 @@ from grasprune.runs.archive import (
     check_servable,
     load_snippet,
 )
+from grasprune.runs.store import Run
 from grasprune.serving.convert import (
     DEFAULT_PRECISION,
     PRECISIONS,
@@ -38,6 +39,7 @@ from grasprune.serving.gguf_export import (
     llama_cpp_available,
 )
 from studio.common import pick_completed_run, root, size
+from studio.heal_jobs import finished_heals
 from studio.routes import download_url
 
 
@@ -46,14 +48,35 @@ def original_size(spec: str) -> int | None:
     return weights_size(spec)
 
 
+def pick_source(run):
+    """The run's pruned checkpoint, or one of its finished heals (``?heal=<id>`` preselects one)."""
+    heals = {job.id: job for job in finished_heals(root(), run.output_dir())}
+    if not heals:
+        return run
+    options = ["pruned", *heals]
+    wanted = st.query_params.get("heal")
+    if wanted in heals and st.session_state.get("export_heal_link") != wanted:  # a new link chooses it once
+        st.session_state.update(export_source=wanted, export_heal_link=wanted)
+
+    def label(option: str) -> str:
+        if option == "pruned":
+            return "pruned (the run's checkpoint)"
+        ppl = heals[option].metrics().get("ppl_wikitext2")
+        return f"healed {option}" + (f" · WikiText-2 {ppl['ppl']:.2f}" if ppl else "")
+
+    choice = st.radio("Checkpoint", options, key="export_source", horizontal=True, format_func=label)
+    return run if choice == "pruned" else heals[choice]
+
+
 def main() -> None:
     st.title("Export")
     run = pick_completed_run("export_run", "a run's checkpoint is exported when it completes")
     if run is None:
         return
-    folder = run.output_dir()
+    source = pick_source(run)
+    folder = source.output_dir()
     try:
-        check_servable(run, root())
+        check_servable(source, root())
         stored = checkpoint_precision(folder)
     except UserError as err:
         st.warning(str(err))
@@ -61,27 +84,27 @@ def main() -> None:
     formats = {"safetensors": "safetensors (transformers, vLLM)", "gguf": "GGUF (llama.cpp, Ollama)"}
     if st.radio("Format", list(formats), key="export_format", horizontal=True,
                 format_func=formats.get) == "gguf":
-        show_gguf(run, folder)
+        show_gguf(source, folder)
         return
     precision = st.radio("Precision", list(PRECISIONS), index=list(PRECISIONS).index(DEFAULT_PRECISION),
                          key="export_precision", horizontal=True,
                          format_func=lambda p: f"{p} (the run's checkpoint as is)" if p == stored else p)
-    info = archive_info(run, precision)
+    info = archive_info(source, precision)
     sizes = st.container()  # filled last: the archive's exact size once it is prepared below
     st.caption("The same export from the command line (a folder instead of an archive):")
     out = folder.with_name(f"{folder.name}-{precision}")
     st.code(f"grasprune export {shlex.quote(str(folder))} --dtype {precision} --out {shlex.quote(str(out))}",
             language="bash")
     if info is None:
-        info = prepare(run, precision, "Prepare the archive", "export_prepare",
+        info = prepare(source, precision, "Prepare the archive", "export_prepare",
                        "Writing the archive (once per precision; later downloads reuse it)…")
     with sizes:
-        show_sizes(run.config().model, folder, stored, precision, info)
+        show_sizes(run, folder, stored, precision, info)
     if info is None:
         st.caption("The archive is a .tar of the checkpoint folder in this precision, written once into the run "
                    "folder.")
         return
-    show_download(run.id, precision, info)
+    show_download(source, precision, info)
 
 
 def prepare(run, kind: str, label: str, button_key: str, doing: str) -> ArchiveInfo | None:
@@ -97,23 +120,37 @@ def prepare(run, kind: str, label: str, button_key: str, doing: str) -> ArchiveI
     return None
 
 
-def show_sizes(model: str, folder: Path, stored: str | None, precision: str, info: ArchiveInfo | None) -> None:
-    """The export's size beside the original model's weight files and the run's checkpoint."""
+def show_sizes(run, folder: Path, stored: str | None, precision: str, info: ArchiveInfo | None) -> None:
+    """The export's size against the dense model in the same precision (like for like), with the original
+    download (its own format, e.g. a 4-bit GGUF) and the checkpoint beside it."""
+    model = run.config().model
     original, checkpoint = original_size(model), folder_size(folder)
     exported = info.size if info is not None else converted_size(folder, precision)
-    left, middle, right = st.columns(3)
-    left.metric("Original model", size(original) if original is not None else "unknown",
-                help=f"the weight files of {model} on this machine")
-    middle.metric(f"Checkpoint ({stored})" if stored else "Checkpoint", size(checkpoint), help=f"`{folder}`")
-    right.metric(f"Export ({precision})", size(exported) if info is not None else f"≈ {size(exported)}",
-                 help="the archive" if info is not None else "the folder: prepare the archive for its exact size")
-    versus = [f"{exported / whole:.2f}× the {what}" for what, whole in (("original model", original),
-                                                                         ("checkpoint", checkpoint)) if whole]
-    if versus:
-        st.caption(f"The {precision} export is {' and '.join(versus)}.")
+    dense = run.report()["params"]["total_before"] * PRECISIONS[precision].itemsize
+    first, second, third, fourth = st.columns(4)
+    first.metric(f"Dense model ({precision})", size(dense),
+                 help=f"{model}'s {run.report()['params']['total_before']:,} parameters in {precision}")
+    second.metric(f"Export ({precision})", size(exported) if info is not None else f"≈ {size(exported)}",
+                  help="the archive" if info is not None else "the folder: prepare the archive for its exact size")
+    third.metric(f"Checkpoint ({stored})" if stored else "Checkpoint", size(checkpoint), help=f"`{folder}`")
+    fourth.metric(f"Original download ({download_format(model)})", size(original) if original else "unknown",
+                  help=f"the weight files of {model} on this machine, in their own format")
+    st.caption(f"The {precision} export is {exported / dense:.2f}× the dense model in {precision} (the same "
+               "precision: what pruning saved).")
 
 
-def show_gguf(run, folder: Path) -> None:
+def download_format(spec: str) -> str:
+    """The original weights' format as a user downloaded them: the GGUF's quantization, or safetensors."""
+    from grasprune.method.models import weight_files
+
+    files = weight_files(spec) or []
+    if files and files[0].suffix == ".gguf":
+        quant = files[0].stem.rsplit(".", 1)[-1]
+        return f"GGUF {quant}" if quant and quant != files[0].stem else "GGUF"
+    return "safetensors" if files else "unknown"
+
+
+def show_gguf(source, folder: Path) -> None:
     """The GGUF export: type, size, the CLI command, the archive (the .gguf and its Modelfile), and how to
     run it in llama.cpp and Ollama."""
     refusal = gguf_refusal(str(folder))
@@ -126,7 +163,7 @@ def show_gguf(run, folder: Path) -> None:
                          format_func=lambda t: f"{t} (needs llama-cpp-python)" if t in LLAMA_CPP_TYPES
                          and not available else t)
     key = GGUF_PREFIX + gguf_type
-    info = archive_info(run, key)
+    info = archive_info(source, key)
     sizes = st.container()
     st.caption("The same export from the command line (a folder with the .gguf and an Ollama Modelfile):")
     out = folder.with_name(f"{folder.name}-gguf-{gguf_type}")
@@ -136,7 +173,7 @@ def show_gguf(run, folder: Path) -> None:
         st.info(f"{gguf_type} is quantized by llama.cpp's own quantizer: install it with `{INSTALL_LLAMA_CPP}` "
                 "(a source build, minutes), or choose f16, bf16 or q8_0.")
     elif info is None:
-        info = prepare(run, key, "Prepare the GGUF", "export_gguf_prepare",
+        info = prepare(source, key, "Prepare the GGUF", "export_gguf_prepare",
                        "Writing the GGUF (once per type; later downloads reuse it)…")
     with sizes:
         checkpoint = folder_size(folder)
@@ -149,7 +186,7 @@ def show_gguf(run, folder: Path) -> None:
                    "`deci` architecture, which gives every layer its own widths.")
     if info is None:
         return
-    download_link(run.id, key, info)
+    download_link(source, key, info)
     name = gguf_file_name(folder, gguf_type)
     st.caption("Modelfile (beside the .gguf in the archive):")
     st.code(modelfile_text(info.path, info.folder_name), language="dockerfile")
@@ -181,15 +218,16 @@ def modelfile_text(archive: Path, folder_name: str) -> str:
         return member.read().decode() if member is not None else ""
 
 
-def download_link(run_id: str, precision: str, info: ArchiveInfo) -> None:
-    st.markdown(f'<a href="{download_url(run_id, precision)}" download="{info.download_name()}" '
+def download_link(source, precision: str, info: ArchiveInfo) -> None:
+    url = download_url(source.id, precision, heal=not isinstance(source, Run))
+    st.markdown(f'<a href="{url}" download="{info.download_name()}" '
                 f'class="grasprune-download">⬇ Download {info.download_name()}</a> ({size(info.size)})',
                 unsafe_allow_html=True)
     st.markdown(f"Size **{info.size:,} bytes** · sha256 `{info.sha256}`")
 
 
-def show_download(run_id: str, precision: str, info: ArchiveInfo) -> None:
-    download_link(run_id, precision, info)
+def show_download(source, precision: str, info: ArchiveInfo) -> None:
+    download_link(source, precision, info)
     st.caption("Load it in Python:")
     st.code(load_snippet(info), language="python")
     st.caption("Or with transformers alone, after unpacking:")

@@ -162,6 +162,25 @@ def attached_job_id() -> str | None:
     return running
 
 
+def earlier_heals(current: str | None) -> None:
+    """Every heal in the runs folder, to open one (its page is ``?heal=<id>``); the Runs page lists them too."""
+    found = [job for job in list_heal_jobs(root()) if job.id != current]
+    if not found:
+        return
+    with st.expander(f"Earlier heals ({len(found)})", expanded=current is None):
+        by_id = {job.id: job for job in found}
+
+        def label(job_id: str) -> str:
+            job = by_id[job_id]
+            done = "healed" if job.report() is not None else "not finished"
+            return f"{job_id} · {job.out.name} · {done}"
+
+        chosen = st.selectbox("Heal", list(by_id), key="heal_open_choice", format_func=label)
+        if st.button("Open", key="heal_open", icon=":material/open_in_new:"):
+            st.query_params["heal"] = chosen
+            st.rerun()
+
+
 def main() -> None:
     st.title("Heal")
     st.markdown("A short LoRA fine-tune lets a pruned model's kept units take over part of the removed ones' "
@@ -178,6 +197,7 @@ def main() -> None:
             if st.button("Start healing", type="primary", key="heal_start"):
                 with shown_errors():
                     start(source, out, cfg, overwrite, restart, run_id)
+        earlier_heals(job_id)
         if job_id is not None:
             heal_view(job_id)
 

@@ -13,6 +13,7 @@ from grasprune.runs.store import Run, delete_run, list_runs
 from grasprune.runs.timeline import timeline_of
 from studio import charts
 from studio.common import PAGES, age, describe, duration, jobs, root, shown_errors
+from studio.heal_jobs import list_heal_jobs, read_progress, registry
 from studio.live import RESUMABLE, is_active
 from studio.run_table import cell_text, config_differences, run_row
 
@@ -61,6 +62,54 @@ def actions(runs: list[Run]) -> None:
         st.caption("A queued or running run cannot be deleted: stop it first.")
 
 
+def heal_rows(runs: list[Run]) -> list[dict]:
+    """Every heal in the runs folder, under the run whose checkpoint it healed (a folder's path where it came
+    from elsewhere), with its perplexities beside the pruned checkpoint's at the same settings."""
+    by_checkpoint = {str(run.output_dir().resolve()): run for run in runs}
+    jobs, rows = registry(), []
+    for job in list_heal_jobs(root()):
+        try:
+            source, cfg = job.source, job.config()
+        except (OSError, KeyError, ValueError):
+            continue
+        run = by_checkpoint.get(str(source.resolve()))
+        pruned = (run.report() or {}).get("metrics", {}) if run is not None else {}
+        state = jobs.state(job, read_progress(job.events_path))
+        if job.report() is not None and not jobs.alive(job):
+            state = "completed"  # its healed folder is written (a heal run in-process has no exit code)
+        row = {"heal": job.id, "of run": run.id if run is not None else str(source),
+               "state": state, "steps": (job.report() or {}).get("steps"),
+               "minutes": round((job.report() or {}).get("elapsed_s", 0) / 60, 1) if job.report() else None}
+        for key, metric in job.metrics().items():
+            name = metric["dataset"]
+            row[f"{name} healed"] = round(metric["ppl"], 2)
+            same = pruned.get(key)
+            if same and (same["seqlen"], same["windows"]) == (metric["seqlen"], metric["windows"]):
+                row[f"{name} pruned"] = round(same["ppl"], 2)
+        row["settings"] = f"{cfg.steps} steps" + (f" / {cfg.minutes:g} min" if cfg.minutes else "") + f", lr {cfg.lr:g}"
+        rows.append(row)
+    return rows
+
+
+def heals(runs: list[Run]) -> None:
+    rows = heal_rows(runs)
+    if not rows:
+        return
+    st.subheader("Heals")
+    st.caption("Each heal of a run's checkpoint (Heal page), with its perplexity measured once written at the "
+               "pruned checkpoint's own protocol, beside the pruned one's.")
+    st.dataframe(rows, hide_index=True, width="stretch")
+    ids = [row["heal"] for row in rows]
+    chosen = st.selectbox("Heal", ids, key="runs_heal", format_func=lambda i: f"{i} (of {rows[ids.index(i)]['of run']})")
+    left, right = st.columns(2)
+    if left.button("Open", key="runs_heal_open", icon=":material/healing:"):
+        st.switch_page(PAGES["heal"], query_params={"heal": chosen})
+    run_id = rows[ids.index(chosen)]["of run"]
+    if right.button("Export", key="runs_heal_export", icon=":material/download:", disabled=run_id not in
+                    {run.id for run in runs}):
+        st.switch_page(PAGES["export"], query_params={"run": run_id, "heal": chosen})
+
+
 def compare(runs: list[Run]) -> None:
     st.subheader("Compare two runs")
     by_id = {run.id: run for run in runs}
@@ -95,6 +144,8 @@ def main() -> None:
         return
     table(runs)
     actions(runs)
+    with shown_errors():
+        heals(runs)
     if len(runs) >= 2:
         compare(runs)
 

@@ -82,6 +82,19 @@ class HealJob(CliJob):
         """The healed folder's ``heal`` section (steps, time, last losses), once it is written."""
         return heal_section(self.out)
 
+    # an export source (grasprune.runs.archive): its archives go into the job's folder
+    archive_stem = property(lambda self: f"grasprune-healed-{self.id}")
+
+    def output_dir(self) -> Path:
+        return self.out
+
+    def metrics(self) -> dict:
+        """The healed checkpoint's perplexities (``grasprune heal --eval``), by ``ppl_<dataset>``."""
+        try:
+            return json.loads((self.out / "grasprune.json").read_text()).get("metrics") or {}
+        except (OSError, json.JSONDecodeError):
+            return {}
+
 
 def heal_section(folder: Path) -> dict | None:
     """The ``heal`` section of a healed checkpoint's grasprune.json; None for any other folder."""
@@ -92,18 +105,23 @@ def heal_section(folder: Path) -> dict | None:
     return report.get("heal") if isinstance(report, dict) else None
 
 
-def latest_healed(root: Path, source: Path) -> HealJob | None:
-    """The newest heal of ``source`` (a run's checkpoint) that finished, its healed folder inside the runs
-    folder: the Evaluate page compares it with the dense and the pruned model."""
-    inside = Path(root).resolve()
+def finished_heals(root: Path, source: Path) -> list[HealJob]:
+    """The heals of ``source`` (a run's checkpoint) that finished, their healed folders inside the runs folder,
+    newest first: results like runs (the Runs, Evaluate and Export pages list them)."""
+    inside, found = Path(root).resolve(), []
     for job in list_heal_jobs(root):
         try:
             same = job.source.resolve() == Path(source).resolve()
         except (OSError, KeyError, json.JSONDecodeError):
             continue
         if same and job.out.resolve().is_relative_to(inside) and job.report() is not None:
-            return job
-    return None
+            found.append(job)
+    return found
+
+
+def latest_healed(root: Path, source: Path) -> HealJob | None:
+    """The newest finished heal of ``source``: the Evaluate page compares it with the dense and the pruned model."""
+    return next(iter(finished_heals(root, source)), None)
 
 
 def create_heal_job(root: Path, source: Path, out: Path, cfg: HealConfig, overwrite: bool = False,

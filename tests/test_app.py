@@ -302,13 +302,14 @@ def test_an_evaluation_job_survives_another_button_and_a_refresh_and_says_when_i
     assert any("was stopped after" in i.value for i in ended.info), [i.value for i in ended.info]
 
 
-def download(run_id: str, query: str = ""):
-    """The download route's answer to ``GET /grasprune-download/<run_id>?<query>``."""
+def download(run_id: str, query: str = "", heal: bool = False):
+    """The download route's answer to ``GET /grasprune-download/<run_id>?<query>`` (``/heal/<job id>``)."""
     from starlette.requests import Request
 
     from studio.routes import download as route
 
-    scope = {"type": "http", "method": "GET", "path_params": {"run_id": run_id}, "query_string": query.encode()}
+    params = {"job_id" if heal else "run_id": run_id}
+    scope = {"type": "http", "method": "GET", "path_params": params, "query_string": query.encode()}
     return asyncio.run(route(Request(scope)))
 
 
@@ -332,7 +333,9 @@ def test_export_page_prepares_the_bf16_archive_and_the_route_serves_it(runs_dir,
     assert choice.value == "bf16" and choice.options == ["bf16", "fp16", "fp32 (the run's checkpoint as is)"]
     original = sum(f.stat().st_size for f in tiny_model_dir.glob("*.safetensors"))
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Original model"] == size(original)
+    assert metrics["Original download (safetensors)"] == size(original)  # listed with its own format
+    dense_bf16 = completed_run.report()["params"]["total_before"] * 2
+    assert metrics["Dense model (bf16)"] == size(dense_bf16)  # like for like: the dense model in the export's dtype
     assert metrics["Checkpoint (fp32)"] == size(folder_size(checkpoint))
     assert metrics["Export (bf16)"].startswith("≈ ")  # before the archive: the folder's size, from the headers
     command = next(c.value for c in at.code if c.value.startswith("grasprune export"))
@@ -348,7 +351,8 @@ def test_export_page_prepares_the_bf16_archive_and_the_route_serves_it(runs_dir,
     shown = " ".join(m.value for m in at.markdown)
     assert hashlib.sha256(content).hexdigest() in shown and f"{len(content):,} bytes" in shown
     assert {m.label: m.value for m in at.metric}["Export (bf16)"] == size(len(content))
-    assert f"{len(content) / original:.2f}× the original model" in " ".join(c.value for c in at.caption)
+    assert f"The bf16 export is {len(content) / dense_bf16:.2f}× the dense model in bf16" in " ".join(
+        c.value for c in at.caption)
     assert any(f'load_pruned("grasprune-{run_id}-bf16")  # bf16, as stored' in c.value for c in at.code)
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
@@ -454,6 +458,51 @@ def test_evaluate_page_adds_the_runs_newest_finished_heal(runs_dir, completed_ru
     expected = perplexity(model, tokenizer, "wikitext2", 64, 1).ppl
     assert rows[rows["model"] == "healed"]["perplexity"].iloc[0] == pytest.approx(expected, rel=1e-3)
     assert rows[rows["model"] == "healed"]["perplexity"].iloc[0] != rows[rows["model"] == "pruned"]["perplexity"].iloc[0]
+
+
+def test_a_heal_is_listed_under_its_run_and_exports_as_bf16_and_gguf(runs_dir, completed_run, tmp_path):
+    import tarfile
+
+    from grasprune.evaluation.checkpoint_metrics import measure_checkpoint
+    from grasprune.method.export import load_pruned
+    from grasprune.method.heal import HealConfig, heal
+    from studio.heal_jobs import create_heal_job
+
+    run = run_in_root(with_run(runs_dir, completed_run), runs_dir)
+    cfg = HealConfig(steps=2, samples=2, block_len=16, lr=1e-2)
+    out = run.output_dir().with_name("checkpoint-healed")
+    job = create_heal_job(runs_dir, run.output_dir(), out, cfg, run_id=run.id)
+    heal(run.output_dir(), out, cfg)
+    metric = run.report()["metrics"]["ppl_wikitext2"]
+    healed = measure_checkpoint(out, ["wikitext2"], metric["seqlen"], metric["windows"])["metrics"]["ppl_wikitext2"]
+
+    at = app("app_pages/runs.py")
+    assert errors(at) == []
+    (row,) = at.dataframe[1].value.to_dict("records")  # the Heals table, under the runs table
+    assert (row["heal"], row["of run"], row["state"]) == (job.id, run.id, "completed")
+    assert row["wikitext2 healed"] == round(healed["ppl"], 2) and row["wikitext2 pruned"] == round(metric["ppl"], 2)
+    at.button(key="runs_heal_export").click().run()
+    assert errors(at) == [] and at.radio(key="export_source").value == job.id  # the Export page, on this heal
+    at = app("app_pages/export.py", run.id)  # AppTest reruns the page it was given: open Export as the link does
+    at.query_params["heal"] = job.id
+    at.run()
+    assert at.radio(key="export_source").value == job.id
+    at.button(key="export_prepare").click().run()
+    assert errors(at) == []
+    response = download(job.id, "precision=bf16", heal=True)
+    assert response.status_code == 200, response.body
+    assert Path(response.path) == job.folder / "checkpoint-bf16.tar"
+    with tarfile.open(response.path) as tar:
+        tar.extractall(tmp_path / "bf16", filter="data")
+    model, _ = load_pruned(tmp_path / "bf16" / f"grasprune-healed-{job.id}-bf16")
+    assert {str(p.dtype) for p in model.parameters()} == {"torch.bfloat16"}
+    at.radio(key="export_format").set_value("gguf").run()
+    at.button(key="export_gguf_prepare").click().run()
+    assert errors(at) == []
+    response = download(job.id, "precision=gguf-f16", heal=True)
+    assert response.status_code == 200
+    with tarfile.open(response.path) as tar:
+        assert any(name.endswith(".gguf") for name in tar.getnames())
 
 
 def describe_run(runs_dir: Path, run_id: str) -> str:

@@ -236,3 +236,12 @@ def test_bad_input_is_one_line_and_starts_nothing(runs_dir, pruned, tmp_path_fac
     assert any(w.value.endswith("showing no heal") for w in at.warning)
     assert list_heal_jobs(runs_dir) == [] and not (runs_dir / "healed").exists()
     assert [p.name for p in runs_dir.iterdir()] == ["taken"]
+
+
+def test_the_heal_page_lists_earlier_heals_and_opens_one(runs_dir, tmp_path):  # noqa: F811
+    job = create_heal_job(runs_dir, tmp_path / "pruned", runs_dir / "healed", HealConfig())
+    at = app()
+    assert errors(at) == []
+    assert at.selectbox(key="heal_open_choice").value == job.id
+    at.button(key="heal_open").click().run()
+    assert at.query_params["heal"] in (job.id, [job.id])

@@ -1,5 +1,9 @@
-"""Tar archives of a run's exported checkpoint, one per precision, written once (atomically) into the
-run folder.
+"""Tar archives of a run's exported checkpoint (or a healed one's), one per precision, written once
+(atomically) into the run folder (the heal job's folder).
+
+What is archived is a *source*: an object with an ``id``, a ``folder`` (where its archives go), an
+``output_dir()`` (the checkpoint) and an ``archive_stem`` (the folder name inside its archives): a ``Run``, or
+the studio's ``HealJob``.
 
 ``checkpoint.tar`` holds the checkpoint as is; ``checkpoint-bf16.tar`` (``-fp16``, ``-fp32``) holds it
 converted to another precision (grasprune/convert.py, in a temporary folder beside it);
@@ -62,12 +66,12 @@ def _target(run: Run, precision: str | None) -> tuple[Path, str, str | None]:
     as is when none is asked for or it is the checkpoint's own."""
     if precision is not None and precision.startswith(GGUF_PREFIX):
         check_gguf_type(precision.removeprefix(GGUF_PREFIX))  # only the known names reach a file name
-        return run.folder / f"checkpoint-{precision}.tar", f"grasprune-{run.id}-{precision}", precision
+        return run.folder / f"checkpoint-{precision}.tar", f"{run.archive_stem}-{precision}", precision
     if precision is not None:
         precision_dtype(precision)  # only the known names reach a file name
         if precision != checkpoint_precision(run.output_dir()):
-            return run.folder / f"checkpoint-{precision}.tar", f"grasprune-{run.id}-{precision}", precision
-    return run.folder / ARCHIVE_NAME, f"grasprune-{run.id}", None
+            return run.folder / f"checkpoint-{precision}.tar", f"{run.archive_stem}-{precision}", precision
+    return run.folder / ARCHIVE_NAME, run.archive_stem, None
 
 
 def _info_path(archive: Path) -> Path:
@@ -141,19 +145,24 @@ def _write_tar(path: Path, folder: Path, folder_name: str) -> dict:
 def served_archive(root: Path, run_id: str, precision: str | None = None) -> ArchiveInfo:
     """The archive to serve for ``run_id`` in ``precision`` (None: the checkpoint as is): the id validated,
     the precision one of the known names, every path checked to stay in ``root``."""
-    run = run_in_root(run_id, root)
-    check_servable(run, root)
-    info = archive_info(run, precision)
-    if info is None or info.path.resolve() != run.folder.resolve() / _target(run, precision)[0].name:
-        raise UserError(f"no archive for run {run_id}: prepare it on the Export page")
+    return served_source_archive(run_in_root(run_id, root), root, precision)
+
+
+def served_source_archive(source, root: Path, precision: str | None = None) -> ArchiveInfo:
+    """``served_archive`` for any source (a heal job found by its validated id)."""
+    check_servable(source, root)
+    info = archive_info(source, precision)
+    if info is None or info.path.resolve() != source.folder.resolve() / _target(source, precision)[0].name:
+        what = f"run {source.id}" if isinstance(source, Run) else source.id
+        raise UserError(f"no archive for {what}: prepare it on the Export page")
     return info
 
 
 def check_servable(run: Run, root: Path) -> None:
-    """The studio serves only files inside the runs folder: the run folder and its checkpoint."""
+    """The studio serves only files inside the runs folder: the source's folder and its checkpoint."""
     root = Path(root).resolve()
     checkpoint = run.output_dir().resolve()
-    if run.folder.resolve().parent != root or not checkpoint.is_relative_to(root):
+    if not run.folder.resolve().is_relative_to(root) or not checkpoint.is_relative_to(root):
         raise UserError(f"run {run.id}'s checkpoint {checkpoint} is outside the runs folder {root}: the studio "
                         "serves only files inside it (the checkpoint is already a folder on disk)")
 

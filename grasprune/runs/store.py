@@ -58,6 +58,7 @@ class Run:
     mask_path = property(lambda self: self.folder / "mask.json")
     report_path = property(lambda self: self.folder / "report.json")
     default_checkpoint = property(lambda self: self.folder / "checkpoint")
+    archive_stem = property(lambda self: f"grasprune-{self.id}")  # the folder name inside its export archives
 
     def events(self, since: int = 0) -> list[dict]:
         return read_events(self.events_path, since)
