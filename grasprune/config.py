@@ -51,7 +51,7 @@ DEFAULT_VARIANT = "guided"
 # Paper settings on a GPU; a CPU-sized protocol that finishes in minutes otherwise.
 GPU_DEFAULTS = {"calib_samples": 512, "block_len": 512, "epochs": 4, "rescale_samples": 128}
 CPU_DEFAULTS = {"calib_samples": 64, "block_len": 256, "epochs": 2, "rescale_samples": 64}
-SECOND_MOMENTS = ("unit", "group", "floor")  # the gate optimizer: AdamW, GroupAdam, or the larger of both (train.py)
+SECOND_MOMENTS = ("unit", "group")  # the gate optimizer: AdamW, or GroupAdam (method/train.py)
 TIE_BREAKS = ("spread", "index")  # the projection's order of units with equal probability (units.project)
 LAYER_MINIMUMS = ("inside", "after")  # where the projection pays each layer's minimum (units.project)
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
@@ -119,11 +119,9 @@ class PruneConfig:
     rescale_epochs: int = option(1, "scale-calibration epochs (0 skips it: the published one-shot form of a "
                                  "baseline)", group="scale calibration")
     lr: float | None = option(None, "gate learning rate (default: from --variant)")
-    second_moment: str | None = option(None, "the gate optimizer's second moment: per unit (AdamW, the paper's), "
+    second_moment: str | None = option(None, "the gate optimizer's second moment: per unit (AdamW, the paper's) or "
                                        "one per layer and kind (group: a unit moves in proportion to its gradient "
-                                       "against its layer's), or the larger of the two (floor: AdamW's step for "
-                                       "units above their layer's gradient scale, group's below; docs/studies.md, "
-                                       "Robustness); default: from --variant",
+                                       "against its layer's; docs/studies.md, Robustness); default: from --variant",
                                        choices=SECOND_MOMENTS)
     rescale_lr: float = option(1e-2, "scale-calibration learning rate", group="scale calibration")
     tau: float = option(1.5, "gate temperature: p = sigmoid(score / tau)")

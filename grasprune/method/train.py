@@ -233,11 +233,10 @@ class GroupAdam(torch.optim.Optimizer):
     ``lr`` steps in random directions. No weight decay."""
 
     def __init__(self, param: torch.nn.Parameter, groups: torch.Tensor, lr: float, betas: tuple[float, float],
-                 eps: float = 1e-8, floor: bool = False):
+                 eps: float = 1e-8):
         super().__init__([param], {"lr": lr, "betas": betas, "eps": eps})
         self.groups = groups.to(param.device)
         self.count = torch.bincount(self.groups).to(param.dtype)
-        self.floor = floor  # "floor": a unit's own RMS where above its group's (AdamW's step), the group's below
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -247,19 +246,13 @@ class GroupAdam(torch.optim.Optimizer):
             if not state:
                 state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(param),
                              exp_avg_sq=torch.zeros_like(self.count))
-                if self.floor:
-                    state["exp_avg_sq_unit"] = torch.zeros_like(param)
             state["step"] += 1
             t = float(state["step"])
             grad = param.grad
             state["exp_avg"].mul_(b1).add_(grad, alpha=1 - b1)
             mean_square = torch.zeros_like(self.count).index_add_(0, self.groups, grad * grad) / self.count
             state["exp_avg_sq"].mul_(b2).add_(mean_square, alpha=1 - b2)
-            denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt()[self.groups]
-            if self.floor:
-                state["exp_avg_sq_unit"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                denom = torch.maximum(denom, (state["exp_avg_sq_unit"] / (1 - b2**t)).sqrt())
-            denom = denom + group["eps"]
+            denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt()[self.groups] + group["eps"]
             param.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - b1**t))
 
 
@@ -270,8 +263,8 @@ class _Loop:
                  groups: torch.Tensor | None = None):
         self.phase, self.param, self.blocks, self.cfg = phase, param, blocks, cfg
         self.emit, self.stop, self.checkpoint = emit, stop or threading.Event(), checkpoint
-        if cfg.second_moment in ("group", "floor") and groups is not None:
-            self.optimizer = GroupAdam(param, groups, lr=cfg.lr, betas=cfg.betas, floor=cfg.second_moment == "floor")
+        if cfg.second_moment == "group" and groups is not None:
+            self.optimizer = GroupAdam(param, groups, lr=cfg.lr, betas=cfg.betas)
         else:
             self.optimizer = torch.optim.AdamW([param], lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
         self.per_epoch = -(-blocks.shape[0] // cfg.batch_blocks)
@@ -317,7 +310,7 @@ class _Loop:
             return
         tensors = {"param": self.param.detach().cpu().contiguous()}
         state = self.optimizer.state.get(self.param, {})
-        for key in ("exp_avg", "exp_avg_sq", "exp_avg_sq_unit"):
+        for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
                 tensors[key] = state[key].detach().cpu().contiguous()
         meta = {"phase": self.phase, "step": str(self.step), "opt_step": str(int(state.get("step", 0)))}
@@ -336,8 +329,8 @@ class _Loop:
             device = self.param.device
             self.optimizer.state[self.param] = {
                 "step": torch.tensor(float(meta["opt_step"])),
-                **{key: tensors[key].to(device) for key in ("exp_avg", "exp_avg_sq", "exp_avg_sq_unit")
-                   if key in tensors},
+                "exp_avg": tensors["exp_avg"].to(device),
+                "exp_avg_sq": tensors["exp_avg_sq"].to(device),
             }
 
 
