@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from grasprune.evaluation.generation import Sampling
 from grasprune.evaluation.perplexity import EVAL_DATASETS
 from grasprune.evaluation.zeroshot_tasks import TASKS
 from grasprune.runs import evaluations
@@ -152,15 +153,39 @@ def _accuracy(metrics: dict | None) -> float | None:
     return metrics.get("acc_norm", metrics.get("acc"))
 
 
+def sampling_inputs() -> Sampling:
+    """One setting for every model side by side: greedy by default, with a repetition penalty and no repeated
+    3-gram, which keep a small pruned model out of loops."""
+    d = Sampling()
+    with st.expander("Decoding"):
+        c1, c2, c3, c4, c5 = st.columns(5)
+        temperature = c1.number_input("Temperature", 0.0, 2.0, step=0.1, key=remembered("eval_temperature", d.temperature),
+                                      help="0: greedy (the same text every time); above 0: sampled with the seed")
+        top_p = c2.number_input("Top-p", 0.05, 1.0, step=0.05, key=remembered("eval_top_p", d.top_p),
+                                help="sampling only: the smallest set of tokens holding this probability")
+        penalty = c3.number_input("Repetition penalty", 1.0, 3.0, step=0.05,
+                                  key=remembered("eval_repetition_penalty", d.repetition_penalty),
+                                  help="1: off. Above 1, tokens already in the text become less likely")
+        ngram = c4.number_input("No repeated n-gram", 0, 10, key=remembered("eval_no_repeat_ngram", d.no_repeat_ngram),
+                                help="never repeat a sequence of this many tokens (0: off)")
+        seed = c5.number_input("Seed", 0, 2**31 - 1, key=remembered("eval_seed", d.seed), help="sampling only")
+        st.caption("Why a small pruned model repeats: with fewer channels its next-token distribution flattens, and "
+                   "under greedy decoding the tokens it has just written stay on top, so it loops (\"the Strait of "
+                   "the Strait of\"). The penalty and the n-gram rule break such loops without sampling.")
+    return Sampling(float(temperature), float(top_p), float(penalty), int(ngram), int(seed))
+
+
 def generation_section(run: Run) -> None:
     st.subheader("Generation")
     prompt = st.text_area("Prompt", key=remembered("eval_prompt", "The capital of France is"))
     tokens = st.slider("New tokens", 8, 256, key=remembered("eval_new_tokens", 48))
+    sampling = sampling_inputs()
     models = compared(run)
     if st.button("Generate with each", key="eval_generate") and prompt.strip():
-        start(run, Request(prompt=prompt, new_tokens=tokens), "generation")
+        start(run, Request(prompt=prompt, new_tokens=tokens, sampling=sampling), "generation")
     stored = evaluations.load(run)
-    generated = {m.label: stored.get(evaluations.generation_key(m.key, prompt, tokens)) for m in models}
+    generated = {m.label: stored.get(evaluations.generation_key(m.key, prompt, tokens, sampling.key()))
+                 for m in models}
     if not any(generated.values()):
         st.caption("No generation for this prompt and length yet.")
         return

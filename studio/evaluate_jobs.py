@@ -29,7 +29,10 @@ def evaluate_args(run: Run, models: list[Compared], request: Request) -> list[st
     if request.tasks:
         args += ["--zeroshot", ",".join(request.tasks), "--limit", str(request.limit)]
     if request.prompt:
-        args += ["--generate", request.prompt, "--new-tokens", str(request.new_tokens)]
+        s = request.sampling
+        args += ["--generate", request.prompt, "--new-tokens", str(request.new_tokens), "--temperature",
+                 f"{s.temperature:g}", "--top-p", f"{s.top_p:g}", "--repetition-penalty", f"{s.repetition_penalty:g}",
+                 "--no-repeat-ngram", str(s.no_repeat_ngram), "--seed", str(s.seed)]
     return args
 
 

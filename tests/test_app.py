@@ -254,11 +254,15 @@ def test_evaluate_page_compares_dense_and_pruned_perplexity_and_generation(runs_
     assert [t.value for t in at.text if t.value.startswith("The capital of France is")] == generated
     # the generations are the run's, like its perplexities: a second tab at these settings shows them
     prompt, stored = "The capital of France is", evaluations.load(run_in_root(run_id, runs_dir))
-    texts = [stored[evaluations.generation_key(role, prompt, 8)]["text"] for role in ("dense", "pruned")]
+    from grasprune.evaluation.generation import Sampling
+
+    texts = [stored[evaluations.generation_key(role, prompt, 8, Sampling().key())]["text"] for role in ("dense", "pruned")]
     assert [prompt + text for text in texts] == generated
 
 
 def test_grasprune_evaluate_stores_each_models_results_in_the_run(runs_dir, completed_run):
+    from grasprune.evaluation.generation import Sampling
+
     from conftest import run_cli
 
     run = run_in_root(with_run(runs_dir, completed_run), runs_dir)
@@ -268,7 +272,7 @@ def test_grasprune_evaluate_stores_each_models_results_in_the_run(runs_dir, comp
     assert done.returncode == 0, done.stderr[-2000:]
     stored = evaluations.load(run)
     assert set(stored) == {evaluations.ppl_key(m, "wikitext2", 64, 1) for m in ("dense", "pruned")} | \
-        {evaluations.generation_key(m, "Hello", 4) for m in ("dense", "pruned")}
+        {evaluations.generation_key(m, "Hello", 4, Sampling().key()) for m in ("dense", "pruned")}
     assert stored[evaluations.ppl_key("pruned", "wikitext2", 64, 1)]["ppl"] == pytest.approx(
         run.report()["metrics"]["ppl_wikitext2"]["ppl"], rel=1e-3)  # the run's own number at its own protocol
     kinds = [json.loads(line)["type"] for line in events.read_text().splitlines()]

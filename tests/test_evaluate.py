@@ -51,3 +51,22 @@ def test_bad_evaluation_settings_are_clear_errors():
         perplexity(model, FixedTokenizer(), "hand", seqlen=64, tokens=torch.arange(10))
     with pytest.raises(UserError, match="seqlen"):
         perplexity(model, FixedTokenizer(), "hand", seqlen=1, tokens=torch.arange(10))
+
+
+def test_generation_defaults_never_repeat_a_3gram_and_seeded_sampling_repeats_itself(tiny_model_dir):
+    from grasprune.evaluation.generation import Sampling, generate_text
+    from grasprune.method.models import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir))
+    text = generate_text(model, tokenizer, "The capital of France is", 40)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+    assert len(grams) == len(set(grams))  # a random tiny model loops at once under plain greedy decoding
+    plain = generate_text(model, tokenizer, "The capital of France is", 40, Sampling(repetition_penalty=1.0,
+                                                                                   no_repeat_ngram=0))
+    plain_ids = tokenizer(plain, add_special_tokens=False).input_ids
+    assert len({tuple(plain_ids[i:i + 3]) for i in range(len(plain_ids) - 2)}) < len(plain_ids) - 2
+    sampled = Sampling(temperature=0.8, top_p=0.9, seed=3)
+    assert generate_text(model, tokenizer, "Hello", 12, sampled) == generate_text(model, tokenizer, "Hello", 12, sampled)
+    with pytest.raises(UserError, match="generation settings out of range"):
+        generate_text(model, tokenizer, "Hello", 4, Sampling(top_p=0.0))

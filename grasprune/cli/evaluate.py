@@ -12,6 +12,7 @@ from grasprune.cli.heal import event_log
 from grasprune.cli.options import comma_list, number
 from grasprune.cli.signals import stop_on_signals
 from grasprune.errors import UserError
+from grasprune.evaluation.generation import Sampling
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -28,6 +29,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=number(int), default=200, help="zero-shot items per task (default 200)")
     p.add_argument("--generate", default=None, metavar="PROMPT", help="a prompt each model continues greedily")
     p.add_argument("--new-tokens", type=number(int), default=48, help="tokens to generate (default 48)")
+    defaults = Sampling()
+    p.add_argument("--temperature", type=number(float), default=defaults.temperature,
+                   help="0: greedy (default); above 0: sampled, seeded by --seed")
+    p.add_argument("--top-p", type=number(float), default=defaults.top_p, help="nucleus sampling (default 1)")
+    p.add_argument("--repetition-penalty", type=number(float), default=defaults.repetition_penalty,
+                   help=f"1: off (default {defaults.repetition_penalty:g}: small models loop without it)")
+    p.add_argument("--no-repeat-ngram", type=number(int), default=defaults.no_repeat_ngram,
+                   help=f"never repeat an n-gram of this size (0: off; default {defaults.no_repeat_ngram})")
+    p.add_argument("--seed", type=number(int), default=defaults.seed, help="sampling seed (default 0)")
     p.add_argument("--events", metavar="FILE", help="append the progress to FILE as JSON lines (what the studio reads)")
     return p
 
@@ -38,8 +48,9 @@ def request_of(args: argparse.Namespace):
 
     if args.zeroshot:
         check_task_names(args.zeroshot)
+    sampling = Sampling(args.temperature, args.top_p, args.repetition_penalty, args.no_repeat_ngram, args.seed)
     request = Request(tuple(args.ppl), args.seqlen, args.windows, tuple(args.zeroshot), args.limit,
-                      args.generate or None, args.new_tokens)
+                      args.generate or None, args.new_tokens, sampling)
     request.check()
     return request
 

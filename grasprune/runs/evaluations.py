@@ -24,9 +24,10 @@ def zeroshot_key(role: str, task: str, limit: int) -> str:
     return f"zeroshot|{role}|{task}|{limit}"
 
 
-def generation_key(role: str, prompt: str, new_tokens: int) -> str:
-    """Greedy decoding makes the text a function of these (the prompt last: it may hold any character)."""
-    return f"generation|{role}|{new_tokens}|{prompt}"
+def generation_key(role: str, prompt: str, new_tokens: int, sampling: str = "") -> str:
+    """The text is a function of these (seeded sampling included; the prompt last: it may hold any character).
+    ``sampling`` is ``Sampling.key()``."""
+    return f"generation|{role}|{new_tokens}|{sampling}|{prompt}"
 
 
 def load(run: Run) -> dict:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grasprune.errors import Stopped, UserError
+from grasprune.evaluation.generation import Sampling
 from grasprune.events import Emit, no_events
 from grasprune.runs import evaluations
 from grasprune.runs.store import Run
@@ -46,13 +47,15 @@ class Request:
     limit: int = 200
     prompt: str | None = None
     new_tokens: int = 48
+    sampling: Sampling = field(default_factory=Sampling)
 
     def keys(self, model: Compared) -> list[tuple[str, str, str]]:
         """(measurement, key, its name) for everything asked of ``model``."""
         found = [("ppl", evaluations.ppl_key(model.key, d, self.seqlen, self.windows), d) for d in self.datasets]
         found += [("zeroshot", evaluations.zeroshot_key(model.key, t, self.limit), t) for t in self.tasks]
         if self.prompt:
-            found.append(("generation", evaluations.generation_key(model.key, self.prompt, self.new_tokens), "text"))
+            key = evaluations.generation_key(model.key, self.prompt, self.new_tokens, self.sampling.key())
+            found.append(("generation", key, "text"))
         return found
 
     def check(self) -> None:
@@ -60,6 +63,7 @@ class Request:
             raise UserError("nothing to evaluate: pass --ppl DATASETS, --zeroshot TASKS or --generate PROMPT")
         if self.seqlen < 2 or self.windows < 1 or self.limit < 1 or self.new_tokens < 1:
             raise UserError("--seqlen must be at least 2, and --windows, --limit and --new-tokens at least 1")
+        self.sampling.check()
 
 
 @dataclass
@@ -130,4 +134,4 @@ def _measure(model, tokenizer, what: str, name: str, request: Request, compared:
         return evaluate_zeroshot(model, tokenizer, [name], limit=request.limit, batch_size=8, progress=False)["tasks"][name]
     from grasprune.evaluation.generation import generate_text
 
-    return {"text": generate_text(model, tokenizer, request.prompt, request.new_tokens)}
+    return {"text": generate_text(model, tokenizer, request.prompt, request.new_tokens, request.sampling)}
