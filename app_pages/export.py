@@ -183,7 +183,9 @@ def show_gguf(source, folder: Path) -> None:
         right.metric(f"GGUF ({gguf_type})", size(exported) if info is not None else f"≈ {size(exported)}",
                      help="the archive (.gguf + Modelfile)" if info is not None else "prepare it for its exact size")
         st.caption(f"The {gguf_type} GGUF is {exported / checkpoint:.2f}× the checkpoint. llama.cpp reads it as its "
-                   "`deci` architecture, which gives every layer its own widths.")
+                   "`deci` architecture, which gives every layer its own widths. Verified: llama.cpp loads it and its "
+                   "logits agree with transformers (tests). Not verified here: Ollama, whose releases before April "
+                   "2025 crash on per-layer head counts (fixed by ollama pull request 10238; docs/serving.md).")
     if info is None:
         return
     download_link(source, key, info)

@@ -127,15 +127,18 @@ def _numbers(job: HealJob, cfg: HealConfig, progress: HealProgress, state: str) 
     live = state in ("starting", "running")
     span = progress.spans.get("healing")
     points = progress.loss.get("healing", [])
-    cols = st.columns(6)
+    report = job.report() or {}
+    trained = report.get("elapsed_s", progress.training_s)  # once written, the report's figure: one number
+    cols = st.columns(3) + st.columns(3)  # two rows: six metrics in one row cut their values off
     cols[0].metric("Step", f"{0 if span is None else span.done:,} / {cfg.steps:,}")
-    cols[1].metric("Training time", duration(progress.training_s),
+    cols[1].metric("Training time", duration(trained),
                    help="Time spent training, over every attempt (what the time limit counts)")
     cols[2].metric("Loss", "–" if not points else f"{points[-1][1]:.4f}")
     cols[3].metric("ETA (training)", duration(remaining(cfg, progress) if live else None))
     cols[4].metric("Memory (RSS)", size(process_rss(job.process().get("pid")) if live else None))
     best = progress.best
-    cols[5].metric("Best held-out loss", "–" if best is None else f"{best[1]:.4f} (step {best[0]:,})",
+    cols[5].metric("Best held-out loss" if best is None else f"Best held-out loss (step {best[0]:,})",
+                   "–" if best is None else f"{best[1]:.4f}",
                    help="The lowest loss on the held-out text so far, and its step: the adapters merged at the end "
                         "are that step's" if cfg.uses_holdout else "No held-out text (--holdout none): the last "
                         "step's adapters are merged")
@@ -178,9 +181,12 @@ def _result(job: HealJob) -> None:
     st.markdown(f"Trained **{report.get('steps', '–')}** steps in {duration(report.get('elapsed_s'))}; the last "
                 f"losses: {', '.join(f'{x:.4f}' for x in losses) or '–'}. {merged_text(report)} The folder is a "
                 "GRASPrune checkpoint of the same shapes as the pruned one, the adapters merged into its weights.")
+    for metric in job.metrics().values():
+        st.markdown(f"Healed {metric['dataset']} perplexity **{metric['ppl']:.2f}** (seqlen {metric['seqlen']}, "
+                    f"{metric['windows']} windows), measured once written.")
     out = shlex.quote(str(job.out))
-    st.markdown("**Next**: measure it and export it. The Evaluate page compares a run's dense, pruned and newest "
-                "healed model; the Export page exports the run's pruned checkpoint. For the healed folder from a "
+    st.markdown("**Next**: compare it and export it. The Evaluate page compares a run's dense, pruned and newest "
+                "healed model; the Export page exports this healed checkpoint (safetensors or GGUF). From a "
                 "terminal:")
     st.code(f"grasprune ppl --model {out} --dataset wikitext2 --seqlen 512 --max-windows 64\n"
             f"grasprune export {out} --format gguf --type q8_0 --out {shlex.quote(str(job.out) + '-gguf')}",
@@ -189,5 +195,6 @@ def _result(job: HealJob) -> None:
     query = {"run": run_id} if run_id else None
     cols = st.columns(2)
     cols[0].page_link(PAGES["evaluate"], label="Evaluate: dense, pruned and healed" if run_id else "Evaluate a run",
-                      query_params=query)
-    cols[1].page_link(PAGES["export"], label="Export the pruned run", query_params=query)
+                      query_params=query, icon=":material/analytics:")
+    cols[1].page_link(PAGES["export"], label="Export this healed checkpoint" if run_id else "Export a run",
+                      query_params={**query, "heal": job.id} if run_id else None, icon=":material/download:")

@@ -93,7 +93,7 @@ def test_gguf_holds_per_layer_widths_and_the_checkpoint_weights(checkpoint, f32_
     assert np.array_equal(tensors["blk.1.attn_k.weight"], expected_k)
     assert np.array_equal(tensors["blk.2.ffn_down.weight"], weights["model.layers.2.mlp.down_proj.weight"].numpy())
     assert np.array_equal(tensors["token_embd.weight"], weights["model.embed_tokens.weight"].numpy())
-    assert (f32_export.folder / "Modelfile").read_text().splitlines()[3:] == [
+    assert (f32_export.folder / "Modelfile").read_text().splitlines()[5:] == [
         f"FROM ./{f32_export.gguf_file.name}", 'PARAMETER stop "<|im_end|>"']
 
 

@@ -23,6 +23,7 @@ from grasprune.method.export import load_pruned
 from grasprune.method.heal import HealConfig, state_folder
 from grasprune.runs.cli_jobs import CliJobs
 from studio import heal_jobs
+from studio.common import duration
 from studio.heal_jobs import create_heal_job, heal_job_in_root, list_heal_jobs, read_progress
 from studio.heal_view import merged_text
 
@@ -177,7 +178,10 @@ def test_a_heal_started_on_the_page_shows_its_live_loss_stops_resumes_and_finish
     assert [s for s, _ in progress.loss["healing"]] == list(range(1, report["steps"] + 1))  # one curve
     assert report["last_losses"][-1] == pytest.approx(progress.loss["healing"][-1][1], abs=1e-5)
     assert progress.best is not None and progress.best[0] == report["holdout"]["best_step"] == report["merged_step"]
-    assert "Best held-out loss" in [m.label for m in at.metric] and any(merged_text(report) in m.value for m in at.markdown)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics[f"Best held-out loss (step {report['holdout']['best_step']:,})"] == f"{report['holdout']['best_loss']:.4f}"
+    assert metrics["Training time"] == duration(report["elapsed_s"])  # the same figure as "Trained N steps in ..."
+    assert any(merged_text(report) in m.value for m in at.markdown)
     assert not state_folder(out).exists()
     assert any(c.value.startswith(f"grasprune ppl --model {out}") for c in at.code)
     model, tokenizer = load_pruned(out)

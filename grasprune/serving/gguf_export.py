@@ -524,6 +524,8 @@ def modelfile(gguf_name: str, model: _GgufModel) -> str:
     lines = [f"# {model.title()}: `ollama create {tag} -f Modelfile`, then `ollama run {tag}`.",
              "# Ollama takes the chat template from the GGUF's tokenizer.chat_template when it knows it;",
              "# add a TEMPLATE here otherwise.",
+             "# The GGUF is llama.cpp's `deci` architecture with per-layer head counts: Ollama releases before",
+             "# April 2025 (before ollama pull request 10238) crash reading them; llama.cpp itself is tested.",
              f"FROM ./{gguf_name}"]
     lines += [f'PARAMETER stop "{stop}"' for stop in stops]
     return "\n".join(lines) + "\n"
