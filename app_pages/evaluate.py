@@ -123,6 +123,7 @@ def perplexity_section(run: Run) -> None:
     series.update(baseline_series(run, datasets, seqlen, windows))
     st.plotly_chart(charts.grouped_bars(datasets, series, f"Perplexity (seqlen {seqlen}, {windows} windows)",
                                         "perplexity (lower is better)"), width="stretch")
+    st.caption("Each model's perplexity per dataset at these settings (the same colour per model on every page).")
     rows = [{"model": role, "dataset": r["dataset"], "perplexity": round(r["ppl"], 3), "seqlen": r["seqlen"],
              "windows": r["windows"], "tokens scored": r["tokens"]}
             for role, values in results.items() for r in values if r is not None]

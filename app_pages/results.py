@@ -33,6 +33,11 @@ COMMANDS = {
     "calibration": "python -m bench.study calibration   # C4 at 256 blocks needs GRASPRUNE_DATA: docs/studies.md",
     "kvcache": "python -m bench.study kvcache        # after the keep sweep: its keep-0.5 checkpoints",
 }
+CAPTIONS = {  # one sentence per chart: what it shows
+    "keep": "Perplexity (log scale) against the parameters left, a line per method; bars span the seeds.",
+    "calibration": "Keep-0.5 perplexity against the gate-training blocks, by calibration domain; bars span the seeds.",
+    "kvcache": "The KV cache and the decode speed against the context length, dense and pruned.",
+}
 HEAL_COMMAND = "python -m bench.heal --checkpoints DIR ... --marks 5,15,30"
 
 
@@ -41,7 +46,7 @@ def study(name: str, summary: dict | None) -> None:
     if not introduced(title, INTRO[name], COMMANDS[name], summary is not None, f"{FOLDERS[name]}/summary.json"):
         return
     st.plotly_chart(study_figure(summary), key=f"results_{name}")
-    st.caption(summary.get("setting", ""))
+    st.caption(CAPTIONS[name] + " " + summary.get("setting", ""))
     st.dataframe(study_rows(summary), hide_index=True)
 
 
@@ -60,6 +65,7 @@ def healing(rows: list[dict]) -> None:
                   "`grasprune heal` on pruned checkpoints, WikiText-2 perplexity before and after each mark of "
                   "training time (the Heal page runs the same).", HEAL_COMMAND, bool(rows), "heal-DATE/heal.json"):
         st.plotly_chart(heal_figure(rows), key="results_heal")
+        st.caption("WikiText-2 perplexity of each healed checkpoint after each mark of CPU time (lower is better).")
 
 
 def robustness(rows: list[dict]) -> None:

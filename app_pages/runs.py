@@ -128,12 +128,23 @@ def compare(runs: list[Run]) -> None:
     rows += [{"": f"setting: {k}", a: cell_text(k, v1), b: cell_text(k, v2)}
              for k, v1, v2 in config_differences(ra, rb)]
     st.dataframe(rows, hide_index=True, width="stretch")
-    reports = {run.id: run.report() for run in (ra, rb)}
+    names = {run.id: legend_name(run) for run in (ra, rb)}  # keep ratios in the legend, the id after
+    reports = {names[run.id]: run.report() for run in (ra, rb)}
     if all(reports.values()):
         st.plotly_chart(charts.compare_layers_figure({k: r["layers"] for k, r in reports.items()}), width="stretch")
-    curves = {run.id: timeline_of(run.events()).loss.get("gate_training", []) for run in (ra, rb)}
+        st.caption("The share of each layer's FFN channels and KV groups each run kept.")
+    curves = {names[run.id]: timeline_of(run.events()).loss.get("gate_training", []) for run in (ra, rb)}
     if all(curves.values()):
         st.plotly_chart(charts.loss_compare_figure(curves), width="stretch")
+        st.caption("Both runs' gate-training loss, step by step.")
+
+
+def legend_name(run: Run) -> str:
+    try:
+        config = run.config()
+    except Exception:  # noqa: BLE001 - an unreadable config: the id alone
+        return run.id
+    return f"{config.method} keep {config.keep_ratio:g} · {run.id[-6:]}"
 
 def main() -> None:
     st.title("Runs")

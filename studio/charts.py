@@ -14,12 +14,37 @@ from grasprune.runs.timeline import PHASE_LABELS, Timeline
 
 MAX_POINTS = 1500
 KEPT, BEFORE, PRUNED = "#1f77b4", "#d9d9d9", "#f4a582"
+# One colour per model on every page (Evaluate's bars, the Results page's lines)
+MODEL_COLOURS = {"dense": "#7f7f7f", "pruned": "#1f77b4", "healed": "#2ca02c"}
+# Distinct colours for curves that are not one of those models (runs compared, heal checkpoints, methods)
+PALETTE = ("#d62728", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#1f77b4", "#2ca02c")
+BELOW = {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0}  # the legend under the plot: never on a title
 
 
 def _compact(fig: go.Figure, revision: str, height: int = 300) -> go.Figure:
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision=revision,
-                      legend={"orientation": "h", "y": 1.12, "x": 0})
+    fig.update_layout(height=height + 40, margin={"l": 10, "r": 10, "t": 50, "b": 10}, uirevision=revision,
+                      legend=BELOW)
     return fig
+
+
+def log_ticks(values: list[float]) -> dict:
+    """Tick values of a log axis at 1-2-5 steps inside the data's range, each written in full (plotly's own
+    minor labels read "2, 5, 100, 2, 5, 1000")."""
+    finite = [v for v in values if v is not None and v > 0]
+    if not finite:
+        return {}
+    low, high = min(finite), max(finite)
+    ticks, decade = [], 10.0 ** np.floor(np.log10(low))
+    while decade <= high * 10:
+        ticks += [float(m * decade) for m in (1, 2, 5) if low / 1.5 <= m * decade <= high * 1.5]
+        decade *= 10
+    return {"tickvals": ticks, "ticktext": [f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks]} if ticks else {}
+
+
+def colour_of(name: str, index: int) -> str:
+    """A model's own colour (dense, pruned, healed, by the start of its name), else the palette's ``index``-th."""
+    first = name.split()[0].lower() if name.strip() else ""
+    return MODEL_COLOURS.get(first, PALETTE[index % len(PALETTE)])
 
 
 def _thin(points: list[tuple]) -> list[tuple]:
@@ -108,8 +133,8 @@ def score_histogram(ffn_probs: np.ndarray, kv_probs: np.ndarray) -> go.Figure:
 def grouped_bars(groups: list[str], series: dict[str, list[float | None]], title: str, yaxis: str) -> go.Figure:
     """One bar per series in each group, with the number on the bar."""
     fig = go.Figure()
-    for name, values in series.items():
-        fig.add_trace(go.Bar(x=groups, y=values, name=name,
+    for index, (name, values) in enumerate(series.items()):
+        fig.add_trace(go.Bar(x=groups, y=values, name=name, marker_color=colour_of(name, index),
                              text=[("–" if v is None else f"{v:.3f}") for v in values], textposition="outside"))
     fig.update_layout(barmode="group", title=title, yaxis_title=yaxis)
     return _compact(fig, title)
@@ -118,22 +143,24 @@ def grouped_bars(groups: list[str], series: dict[str, list[float | None]], title
 def compare_layers_figure(named: dict[str, list[dict]]) -> go.Figure:
     """Per-layer kept fraction of two (or more) runs' reports."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("FFN channels kept (%)", "KV groups kept (%)"))
-    for name, layers in named.items():
+    for index, (name, layers) in enumerate(named.items()):
         x = [layer["layer"] for layer in layers]
         for col, (kept, before) in enumerate((("ffn_channels", "ffn_channels_before"),
                                               ("kv_groups", "kv_groups_before")), start=1):
             y = [100 * layer[kept] / layer[before] for layer in layers]
-            fig.add_trace(go.Bar(x=x, y=y, name=name, showlegend=col == 1, legendgroup=name), row=1, col=col)
+            fig.add_trace(go.Bar(x=x, y=y, name=name, showlegend=col == 1, legendgroup=name,
+                                 marker_color=PALETTE[index % len(PALETTE)]), row=1, col=col)
     fig.update_layout(barmode="group")
     return _compact(fig, "compare-layers")
 
 
 def loss_compare_figure(curves: dict[str, list[tuple[int, float]]]) -> go.Figure:
     fig = go.Figure()
-    for name, points in curves.items():
+    for index, (name, points) in enumerate(curves.items()):
         if points:
             steps, losses = zip(*_thin(points), strict=True)
-            fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name=name))
+            fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name=name,
+                                     line={"color": PALETTE[index % len(PALETTE)]}))
     fig.update_layout(title="Gate-training loss", xaxis_title="step", yaxis_title="next-token loss")
     return _compact(fig, "compare-loss")
 

@@ -14,11 +14,13 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .charts import BELOW, PALETTE, colour_of, log_ticks
+
 REPO = Path(__file__).resolve().parent.parent
 STUDIES = ("keep", "calibration", "kvcache")
 FOLDERS = {"keep": "study-keep", "calibration": "study-calibration", "kvcache": "study-kvcache"}
 KV_PANELS = (("kv_cache_mib", "KV cache after prefill (MiB)"), ("decode_tokens_per_s", "decode tokens/s"))
-OURS = "#111111"
+OURS_WIDTH = 3  # GRASPrune's curves: drawn thicker, each in its own colour
 
 
 def results_folder() -> Path:
@@ -50,12 +52,12 @@ def heal_rows(folder: Path) -> list[dict]:
     return rows
 
 
-def _trace(points: list[dict], x_of, metric: str, name: str, ours: bool) -> go.Scatter:
+def _trace(points: list[dict], x_of, metric: str, name: str, ours: bool, colour: str) -> go.Scatter:
     points = sorted((p for p in points if metric in p["metrics"]), key=x_of)
     stats = [p["metrics"][metric] for p in points]
     return go.Scatter(
         x=[x_of(p) for p in points], y=[s["mean"] for s in stats], name=name, mode="lines+markers",
-        line={"width": 3, "color": OURS} if ours else {"width": 1.5},
+        line={"width": OURS_WIDTH if ours else 1.5, "color": colour},
         error_y={"type": "data", "symmetric": False, "array": [s["max"] - s["mean"] for s in stats],
                  "arrayminus": [s["mean"] - s["min"] for s in stats]},
         text=[_hover(p, s) for p, s in zip(points, stats, strict=True)], hoverinfo="text+name",
@@ -79,25 +81,26 @@ def study_figure(summary: dict) -> go.Figure:
     panels = [(m, f"{m} perplexity") for m in _metrics(summary)] if study != "kvcache" else list(KV_PANELS)
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[title for _, title in panels])
     for col, (metric, _) in enumerate(panels, start=1):
-        for group in dict.fromkeys(p["group"] for p in points):
+        for index, group in enumerate(dict.fromkeys(p["group"] for p in points)):
             mine = [p for p in points if p["group"] == group]
             if study == "keep":
                 x_of = lambda p: p["params_after"]["mean"] / 1e6
             else:
                 x_of = lambda p: p["x"]
             name = group if study != "calibration" else f"calibrated on {group}"
-            trace = _trace(mine, x_of, metric, name, ours=group.startswith("grasprune"))
+            trace = _trace(mine, x_of, metric, name, ours=group.startswith("grasprune"), colour=colour_of(group, index))
             trace.update(legendgroup=group, showlegend=col == 1)
             fig.add_trace(trace, row=1, col=col)
         if study != "kvcache":
-            fig.update_yaxes(type="log", row=1, col=col)
+            means = [p["metrics"][metric]["mean"] for p in points if metric in p["metrics"]]
+            fig.update_yaxes(type="log", row=1, col=col, **log_ticks(means))
         if study != "keep":
-            fig.update_xaxes(type="log", row=1, col=col)
+            fig.update_xaxes(type="log", row=1, col=col, **log_ticks([p["x"] for p in points]))
     x_title = {"keep": "parameters after pruning (millions)", "calibration": "gate-training blocks",
                "kvcache": "context (tokens)"}[study]
     fig.update_xaxes(title_text=x_title)
-    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision=study,
-                      legend={"orientation": "h", "y": -0.2, "x": 0})
+    fig.update_layout(height=460, margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision=study, legend=BELOW)
+    fig.update_layout(legend={**BELOW, "y": -0.28})  # under the x-axis titles
     return fig
 
 
@@ -119,16 +122,19 @@ def study_rows(summary: dict) -> list[dict]:
 def heal_figure(rows: list[dict]) -> go.Figure:
     """WikiText-2 perplexity against minutes of healing, a line per healed checkpoint."""
     fig = go.Figure()
-    for row in rows:
+    values = []
+    for index, row in enumerate(rows):
         points = [p for p in row["points"] if "wikitext2" in p]
+        values += [p["wikitext2"] for p in points]
         name = f"{row['method']} keep {row['keep_ratio']:g}" + (f" ({row['variant']})" if row.get("variant") else "")
         fig.add_trace(go.Scatter(x=[p["minutes"] for p in points], y=[p["wikitext2"] for p in points],
                                  name=f"{name} · {row['source']}", mode="lines+markers",
-                                 line={"width": 3, "color": OURS} if row["method"] == "grasprune" else {}))
+                                 line={"width": OURS_WIDTH if row["method"] == "grasprune" else 1.5,
+                                       "color": PALETTE[index % len(PALETTE)]}))
     fig.update_xaxes(title_text="minutes of healing (CPU)")
-    fig.update_yaxes(title_text="WikiText-2 perplexity", type="log")
-    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 30, "b": 10}, uirevision="heal",
-                      legend={"orientation": "h", "y": -0.25, "x": 0})
+    fig.update_yaxes(title_text="WikiText-2 perplexity", type="log", **log_ticks(values))
+    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 30, "b": 10}, uirevision="heal",
+                      legend={**BELOW, "y": -0.25})
     return fig
 
 
