@@ -28,6 +28,7 @@ from grasprune.method.train import (
     block_loss,
     calibrate_scales,
     epoch_order,
+    gate_optimizer,
     gate_probs,
     ste_factors,
 )
@@ -161,8 +162,9 @@ class StepRecord:
 
 @dataclass
 class GateStepper:
-    """``train_gates`` one step at a time: same data order, schedules, STE, loss and AdamW, so N steps
-    here end at the scores ``train_gates`` returns after N steps."""
+    """``train_gates`` one step at a time: same data order, schedules, STE, projection options (``--align``,
+    the tie-break, the layer minimum), loss and optimizer (``gate_optimizer``), so N steps here end at the
+    scores ``train_gates`` returns after N steps."""
 
     model: torch.nn.Module
     gates: Gates
@@ -180,9 +182,7 @@ class GateStepper:
 
     def reset(self) -> None:
         self.scores = torch.nn.Parameter(torch.zeros(self.layout.num_units))
-        self.optimizer = torch.optim.AdamW(
-            [self.scores], lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=0.0
-        )
+        self.optimizer = gate_optimizer(self.scores, self.cfg, self.layout.group)
         self.taken, self.losses, self.last = 0, [], None
 
     @property
@@ -198,7 +198,8 @@ class GateStepper:
         epoch, i = divmod(self.taken, n)
         block = int(epoch_order(self.cfg.seed, epoch, n)[i])
         tau = self.cfg.tau_at(self.taken, self.total)
-        factors, mask = ste_factors(self.scores, self.layout, budget, tau)
+        rule = {"align": self.cfg.align, "tie_break": self.cfg.tie_break, "layer_minimum": self.cfg.layer_minimum}
+        factors, mask = ste_factors(self.scores, self.layout, budget, tau, **rule)
         factors.retain_grad()
         self.gates.set(factors)
         try:
@@ -224,7 +225,7 @@ class GateStepper:
             mask=mask,
             gate_grad=factors.grad.detach().clone(),
             score_grad=score_grad,
-            next_mask=project(self.probs(), self.layout, budget),
+            next_mask=project(self.probs(), self.layout, budget, **rule),
         )
         return self.last
 

@@ -60,9 +60,13 @@ def test_the_budget_line_cuts_the_ranking_exactly_where_the_projection_does(seed
     assert torch.all(rest[:-1] >= rest[1:])  # then by probability
 
 
-def test_stepping_one_step_at_a_time_ends_where_train_gates_ends():
+@pytest.mark.parametrize("options", [{}, {"align": 8, "tie_break": "index", "layer_minimum": "after",
+                                      "second_moment": "group"}])
+def test_stepping_one_step_at_a_time_ends_where_train_gates_ends(options):
+    """With the default options and with every projection option and the optimizer changed: Explain steps
+    the training the pipeline runs."""
     blocks = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
-    cfg = LoopConfig(epochs=2, seed=5)
+    cfg = LoopConfig(epochs=2, seed=5, **options)
     stepper = stepper_for(tiny_model("llama"), blocks, cfg)
     budget = stepper.layout.budget(0.5)
     records = [stepper.step(budget) for _ in range(stepper.total)]

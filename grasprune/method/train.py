@@ -256,6 +256,14 @@ class GroupAdam(torch.optim.Optimizer):
             param.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - b1**t))
 
 
+def gate_optimizer(param: torch.nn.Parameter, cfg: LoopConfig, groups: torch.Tensor | None = None):
+    """The scores' optimizer (training and Explain's stepping share it): AdamW without weight decay, or
+    GroupAdam with ``second_moment`` "group" (``groups``: each unit's layer and kind)."""
+    if cfg.second_moment == "group" and groups is not None:
+        return GroupAdam(param, groups, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW([param], lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
+
+
 class _Loop:
     """Shared step/epoch bookkeeping, checkpointing and stop handling for both training phases."""
 
@@ -263,10 +271,7 @@ class _Loop:
                  groups: torch.Tensor | None = None):
         self.phase, self.param, self.blocks, self.cfg = phase, param, blocks, cfg
         self.emit, self.stop, self.checkpoint = emit, stop or threading.Event(), checkpoint
-        if cfg.second_moment == "group" and groups is not None:
-            self.optimizer = GroupAdam(param, groups, lr=cfg.lr, betas=cfg.betas)
-        else:
-            self.optimizer = torch.optim.AdamW([param], lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
+        self.optimizer = gate_optimizer(param, cfg, groups)
         self.per_epoch = -(-blocks.shape[0] // cfg.batch_blocks)
         self.total = cfg.epochs * self.per_epoch
         self.step = 0
