@@ -194,3 +194,50 @@ def test_a_deep_link_on_a_fresh_server_opens_inside_the_studio(server):
             assert not {"app", "prune", "runs", "explain"} & set(lines), nav  # no file-name navigation
             assert page.get_by_text("GRASPrune Studio").count() >= 1  # the frame's sidebar
         browser.close()
+
+
+def test_an_evaluation_survives_another_button_and_a_refresh_and_charts_keep_legends_off_titles(
+        server, tiny_model_dir):
+    """The Evaluate page's computation is a job: a second button is refused with a message (nothing dropped),
+    a page refresh finds it running, and its results appear when it ends; the chart's legend sits under the
+    plot, never over its title (bounding boxes in the page as drawn)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install-dev)")
+    ensure_chromium()
+    url, runs = server
+    from conftest import run_cli
+
+    done = run_cli("prune", "--model", str(tiny_model_dir), "--keep-ratio", "0.5", "--calib-samples", "4",
+                   "--block-len", "32", "--epochs", "1", "--rescale-samples", "2", "--eval-seqlen", "64",
+                   "--eval-windows", "1", "--runs-dir", str(runs), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_id,) = [p.name for p in runs.iterdir() if (p / "report.json").is_file()]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/evaluate?run={run_id}")
+        settle(page, 120_000)
+        fill(page, "eval_seqlen", 16)
+        fill(page, "eval_windows", 2000)
+        page.locator(".st-key-eval_ppl button").click()
+        page.get_by_text("Evaluating (perplexity)").first.wait_for(timeout=60_000)
+        page.locator(".st-key-eval_generate button").click()
+        page.get_by_text("an evaluation is already running").first.wait_for(timeout=30_000)
+        page.reload()
+        settle(page, 120_000)
+        page.get_by_text("Evaluating (perplexity)").first.wait_for(timeout=30_000)  # still running after a refresh
+        deadline = time.monotonic() + 240
+        bar_labels: list[str] = []
+        while time.monotonic() < deadline:  # dense and pruned, WikiText-2 and PTB: four bars once it ends
+            bar_labels = page.locator("[data-testid='stPlotlyChart'] text.bartext").all_text_contents()
+            if len([t for t in bar_labels if re.fullmatch(r"\d+\.\d{3}", t)]) == 4:
+                break
+            time.sleep(1)
+        assert len([t for t in bar_labels if re.fullmatch(r"\d+\.\d{3}", t)]) == 4, bar_labels
+        chart = page.locator("[data-testid='stPlotlyChart']").first
+        title = chart.locator(".gtitle").first.bounding_box()
+        legend = chart.locator(".legend").first.bounding_box()
+        plot = chart.locator(".nsewdrag").first.bounding_box()
+        assert legend["y"] >= plot["y"] + plot["height"] - 1, (legend, plot)  # under the plot area
+        assert legend["y"] > title["y"] + title["height"], (legend, title)  # so never over the title
+        browser.close()
