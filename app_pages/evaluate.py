@@ -37,12 +37,27 @@ def start(run: Run, request: Request, what: str) -> None:
     st.rerun()
 
 
+def adopt_settings(job) -> None:
+    """A session that finds a job running (a refresh, a second tab) takes its settings once, so the results
+    it brings are the ones the page then shows."""
+    if st.session_state.get("eval_adopted_job") == job.id:
+        return
+    settings = job.spec().get("settings") or {}
+    if job.spec().get("what") == "perplexity" and settings.get("datasets"):
+        st.session_state.update(eval_datasets=settings["datasets"], eval_seqlen=settings["seqlen"],
+                                eval_windows=settings["windows"])
+    elif job.spec().get("what") == "zero-shot accuracy" and settings.get("tasks"):
+        st.session_state.update(eval_zs_tasks=settings["tasks"], eval_zs_limit=settings["limit"])
+    st.session_state.update(eval_adopted_job=job.id, eval_protocol_run=job.spec().get("run"))  # not reset to the run's
+
+
 def job_panel(run: Run) -> None:
     """The run's evaluation job: live while it runs (with Stop), then how it ended when it did not finish."""
     job = latest_evaluate_job(root(), run.id)
     if job is None:
         return
     if registry().alive(job):
+        adopt_settings(job)
         _live_job(run.id)
         return
     progress = read_evaluation_progress(job.events_path)

@@ -37,8 +37,10 @@ def evaluate_args(run: Run, models: list[Compared], request: Request) -> list[st
 
 
 def create_evaluate_job(root: Path, run: Run, models: list[Compared], request: Request, what: str) -> CliJob:
+    settings = {"datasets": list(request.datasets), "seqlen": request.seqlen, "windows": request.windows,
+                "tasks": list(request.tasks), "limit": request.limit}
     return create_job(root, FOLDER, {"kind": KIND, "args": evaluate_args(run, models, request), "run": run.id,
-                                     "what": what})
+                                     "what": what, "settings": settings})
 
 
 def latest_evaluate_job(root: Path, run_id: str) -> CliJob | None:

@@ -233,7 +233,8 @@ def test_an_evaluation_survives_another_button_and_a_refresh_and_charts_keep_leg
             if len([t for t in bar_labels if re.fullmatch(r"\d+\.\d{3}", t)]) == 4:
                 break
             time.sleep(1)
-        assert len([t for t in bar_labels if re.fullmatch(r"\d+\.\d{3}", t)]) == 4, bar_labels
+        assert len([t for t in bar_labels if re.fullmatch(r"\d+\.\d{3}", t)]) == 4, (
+            bar_labels, page.locator("[data-testid='stMain']").inner_text()[:6000].replace("\n\n", " | "))
         chart = page.locator("[data-testid='stPlotlyChart']").first
         title = chart.locator(".gtitle").first.bounding_box()
         legend = chart.locator(".legend").first.bounding_box()
