@@ -107,6 +107,11 @@ def baseline_series(run: Run, datasets: list[str], seqlen: int, windows: int) ->
     return series
 
 
+def set_protocol(seqlen: int, windows: int) -> None:
+    """A protocol button: set the perplexity settings (before the widgets are drawn in the next run)."""
+    st.session_state.update(eval_seqlen=seqlen, eval_windows=windows)
+
+
 def run_protocol(run: Run) -> None:
     """Picking a run sets the perplexity settings to the run's own (its report's numbers), so the same model
     shows the same number here as on the Prune and Runs pages until the user changes them."""
@@ -119,9 +124,17 @@ def run_protocol(run: Run) -> None:
 
 def perplexity_section(run: Run) -> None:
     st.subheader("Perplexity")
+    run_protocol(run)
+    config = run.config()
+    left, right = st.columns(2)
+    left.button("The run's own protocol", key="eval_protocol_run_button", on_click=set_protocol,
+                args=(config.eval_seqlen, config.eval_windows or 64),
+                help=f"seqlen {config.eval_seqlen}, {config.eval_windows or 64} windows: the numbers on the Prune and "
+                     "Runs pages")
+    right.button("The README's protocol (512 × 64)", key="eval_protocol_readme", on_click=set_protocol, args=(512, 64),
+                 help="seqlen 512, 64 windows: the numbers in the README and docs/results.md")
     c1, c2, c3 = st.columns(3)
     datasets = c1.multiselect("Datasets", list(EVAL_DATASETS), key=remembered("eval_datasets", list(EVAL_DATASETS)))
-    run_protocol(run)
     seqlen = int(c2.number_input("Sequence length", 16, 32_768, key=remembered("eval_seqlen", 512)))
     windows = int(c3.number_input("Windows", 1, 100_000, key=remembered("eval_windows", 64),
                                   help="windows of the test split scored (the run's own setting by default; all: a "

@@ -288,6 +288,10 @@ def test_an_evaluation_job_survives_another_button_and_a_refresh_and_says_when_i
     run_id = with_run(runs_dir, completed_run)
     at = app("app_pages/evaluate.py", run_id)
     assert (at.number_input(key="eval_seqlen").value, at.number_input(key="eval_windows").value) == (64, 1)
+    at.button(key="eval_protocol_readme").click().run()  # the README's protocol, one click away
+    assert (at.number_input(key="eval_seqlen").value, at.number_input(key="eval_windows").value) == (512, 64)
+    at.button(key="eval_protocol_run_button").click().run()
+    assert (at.number_input(key="eval_seqlen").value, at.number_input(key="eval_windows").value) == (64, 1)
     at.multiselect(key="eval_datasets").set_value(["wikitext2", "ptb"])
     at.number_input(key="eval_seqlen").set_value(16)
     at.number_input(key="eval_windows").set_value(100_000).run()  # every window: long enough to stop it
