@@ -25,10 +25,9 @@ def compared(run: Run) -> list[Compared]:
     return compared_models(run, {f"healed-{healed.id}": healed.out} if healed is not None else None)
 
 
-def start(run: Run, request: Request, what: str) -> None:
+def start(run: Run, models: list[Compared], request: Request, what: str) -> None:
     """Start ``grasprune evaluate`` for what is missing, as a background job: a refresh, another page or another
     button does not lose it (a second evaluation waits until this one ends)."""
-    models = compared(run)
     if all(key in evaluations.load(run) for m in models for _, key, _ in request.keys(m)):
         return  # everything asked is stored already: nothing to start
     jobs = registry()
@@ -107,30 +106,32 @@ def baseline_series(run: Run, datasets: list[str], seqlen: int, windows: int) ->
     return series
 
 
+def own_protocol(run: Run) -> tuple[int, int]:
+    """The run's perplexity setting: ``(seqlen, windows)`` (its report's numbers; 64 windows where unset)."""
+    config = run.config()
+    return config.eval_seqlen, config.eval_windows or 64
+
+
 def set_protocol(seqlen: int, windows: int) -> None:
-    """A protocol button: set the perplexity settings (before the widgets are drawn in the next run)."""
+    """Set the perplexity settings (a protocol button's callback: before the widgets are drawn)."""
     st.session_state.update(eval_seqlen=seqlen, eval_windows=windows)
 
 
 def run_protocol(run: Run) -> None:
-    """Picking a run sets the perplexity settings to the run's own (its report's numbers), so the same model
-    shows the same number here as on the Prune and Runs pages until the user changes them."""
+    """Picking a run sets the perplexity settings to the run's own, so the same model shows the same number
+    here as on the Prune and Runs pages until the user changes them."""
     if st.session_state.get("eval_protocol_run") != run.id:
-        config = run.config()
-        st.session_state["eval_seqlen"] = config.eval_seqlen
-        st.session_state["eval_windows"] = config.eval_windows or 64
+        set_protocol(*own_protocol(run))
         st.session_state["eval_protocol_run"] = run.id
 
 
-def perplexity_section(run: Run) -> None:
+def perplexity_section(run: Run, models: list[Compared]) -> None:
     st.subheader("Perplexity")
     run_protocol(run)
-    config = run.config()
+    own = own_protocol(run)
     left, right = st.columns(2)
-    left.button("The run's own protocol", key="eval_protocol_run_button", on_click=set_protocol,
-                args=(config.eval_seqlen, config.eval_windows or 64),
-                help=f"seqlen {config.eval_seqlen}, {config.eval_windows or 64} windows: the numbers on the Prune and "
-                     "Runs pages")
+    left.button("The run's own protocol", key="eval_protocol_run_button", on_click=set_protocol, args=own,
+                help=f"seqlen {own[0]}, {own[1]} windows: the numbers on the Prune and Runs pages")
     right.button("The README's protocol (512 × 64)", key="eval_protocol_readme", on_click=set_protocol, args=(512, 64),
                  help="seqlen 512, 64 windows: the numbers in the README and docs/results.md")
     c1, c2, c3 = st.columns(3)
@@ -139,9 +140,8 @@ def perplexity_section(run: Run) -> None:
     windows = int(c3.number_input("Windows", 1, 100_000, key=remembered("eval_windows", 64),
                                   help="windows of the test split scored (the run's own setting by default; all: a "
                                        "large number)"))
-    models = compared(run)
     if st.button("Compute perplexity", key="eval_ppl", type="primary") and datasets:
-        start(run, Request(datasets=tuple(datasets), seqlen=seqlen, windows=windows), "perplexity")
+        start(run, models, Request(datasets=tuple(datasets), seqlen=seqlen, windows=windows), "perplexity")
     stored = evaluations.load(run)
     results = {m.label: [stored.get(evaluations.ppl_key(m.key, d, seqlen, windows)) for d in datasets] for m in models}
     if not datasets or not any(r for values in results.values() for r in values):
@@ -158,14 +158,13 @@ def perplexity_section(run: Run) -> None:
     st.dataframe(rows, hide_index=True)
 
 
-def zeroshot_section(run: Run) -> None:
+def zeroshot_section(run: Run, models: list[Compared]) -> None:
     st.subheader("Zero-shot accuracy")
     c1, c2 = st.columns([3, 1])
     tasks = c1.multiselect("Tasks", list(TASKS), key=remembered("eval_zs_tasks", ["arc_easy", "piqa"]))
     limit = int(c2.number_input("Items per task", 1, 100_000, key=remembered("eval_zs_limit", 20)))
-    models = compared(run)
     if st.button("Compute zero-shot accuracy", key="eval_zs") and tasks:
-        start(run, Request(tasks=tuple(tasks), limit=limit), "zero-shot accuracy")
+        start(run, models, Request(tasks=tuple(tasks), limit=limit), "zero-shot accuracy")
     stored = evaluations.load(run)
     series = {m.label: [_accuracy(stored.get(evaluations.zeroshot_key(m.key, t, limit))) for t in tasks]
               for m in models}
@@ -204,14 +203,13 @@ def sampling_inputs() -> Sampling:
     return Sampling(float(temperature), float(top_p), float(penalty), int(ngram), int(seed))
 
 
-def generation_section(run: Run) -> None:
+def generation_section(run: Run, models: list[Compared]) -> None:
     st.subheader("Generation")
     prompt = st.text_area("Prompt", key=remembered("eval_prompt", "The capital of France is"))
     tokens = st.slider("New tokens", 8, 256, key=remembered("eval_new_tokens", 48))
     sampling = sampling_inputs()
-    models = compared(run)
     if st.button("Generate with each", key="eval_generate") and prompt.strip():
-        start(run, Request(prompt=prompt, new_tokens=tokens, sampling=sampling), "generation")
+        start(run, models, Request(prompt=prompt, new_tokens=tokens, sampling=sampling), "generation")
     stored = evaluations.load(run)
     generated = {m.label: stored.get(evaluations.generation_key(m.key, prompt, tokens, sampling.key()))
                  for m in models}
@@ -233,12 +231,13 @@ def main() -> None:
     st.caption(f"Base model {report['base_model']} · keep ratio {report['keep_ratio']:g} · "
                f"{report['params']['total_before']:,} → {report['params']['total_after']:,} parameters")
     job_panel(run)
+    models = compared(run)  # once per page run: finding the newest heal reads every heal job's folder
     with shown_errors():
-        perplexity_section(run)
+        perplexity_section(run, models)
     with shown_errors():
-        zeroshot_section(run)
+        zeroshot_section(run, models)
     with shown_errors():
-        generation_section(run)
+        generation_section(run, models)
 
 
 main()

@@ -74,12 +74,10 @@ def heal_rows(runs: list[Run]) -> list[dict]:
             continue
         run = by_checkpoint.get(str(source.resolve()))
         pruned = (run.report() or {}).get("metrics", {}) if run is not None else {}
-        state = jobs.state(job, read_progress(job.events_path))
-        if job.report() is not None and not jobs.alive(job):
-            state = "completed"  # its healed folder is written (a heal run in-process has no exit code)
+        report = job.report() or {}
         row = {"heal": job.id, "of run": run.id if run is not None else str(source),
-               "state": state, "steps": (job.report() or {}).get("steps"),
-               "minutes": round((job.report() or {}).get("elapsed_s", 0) / 60, 1) if job.report() else None}
+               "state": jobs.state(job, read_progress(job.events_path)), "steps": report.get("steps"),
+               "minutes": round(report["elapsed_s"] / 60, 1) if "elapsed_s" in report else None}
         for key, metric in job.metrics().items():
             name = metric["dataset"]
             row[f"{name} healed"] = round(metric["ppl"], 2)

@@ -60,7 +60,8 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate
 def option(default: Any = None, help: str = "", *, group: str = "training", flag: str | None = None,
            metavar: str | None = None, choices: tuple[str, ...] | None = None, experimental: bool = False,
            factory: Callable[[], Any] | None = None) -> Any:
-    """A prune option: its default and everything a user interface says about it.
+    """A command option (``PruneConfig``'s or ``HealConfig``'s): its default and everything a user interface
+    says about it.
 
     The CLI parser (``cli_options``), the equivalent command the studio shows (``cli_command``) and the
     studio form's help texts (``option_help``) are all derived from these fields: an option is defined

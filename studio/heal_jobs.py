@@ -75,7 +75,7 @@ class HealJob(CliJob):
         return heal_command(self.source, self.out, self.config(), self.spec().get("overwrite", False))
 
     def args(self, restart: bool) -> list[str]:
-        """From the settings (the folders of earlier versions stored no arguments)."""
+        """From the settings job.json keeps (the command is derived, not stored)."""
         return heal_args(self.source, self.out, self.config(), self.spec().get("overwrite", False), restart)
 
     def report(self) -> dict | None:
@@ -126,8 +126,8 @@ def latest_healed(root: Path, source: Path) -> HealJob | None:
 
 def create_heal_job(root: Path, source: Path, out: Path, cfg: HealConfig, overwrite: bool = False,
                     run_id: str | None = None) -> HealJob:
-    return create_job(root, FOLDER, {"kind": "heal", "args": heal_args(source, out, cfg, overwrite),
-                                     "source": str(source), "out": str(out), "settings": dataclasses.asdict(cfg),
+    return create_job(root, FOLDER, {"kind": "heal", "source": str(source), "out": str(out),
+                                     "settings": dataclasses.asdict(cfg),
                                      "overwrite": overwrite, "run": run_id}, HealJob)
 
 

@@ -99,8 +99,8 @@ def study_figure(summary: dict) -> go.Figure:
     x_title = {"keep": "parameters after pruning (millions)", "calibration": "gate-training blocks",
                "kvcache": "context (tokens)"}[study]
     fig.update_xaxes(title_text=x_title)
-    fig.update_layout(height=460, margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision=study, legend=BELOW)
-    fig.update_layout(legend={**BELOW, "y": -0.28})  # under the x-axis titles
+    fig.update_layout(height=460, margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision=study,
+                      legend={**BELOW, "y": -0.28})  # under the x-axis titles
     return fig
 
 

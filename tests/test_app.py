@@ -471,18 +471,21 @@ def test_evaluate_page_adds_the_runs_newest_finished_heal(runs_dir, completed_ru
 def test_a_heal_is_listed_under_its_run_and_exports_as_bf16_and_gguf(runs_dir, completed_run, tmp_path):
     import tarfile
 
-    from grasprune.evaluation.checkpoint_metrics import measure_checkpoint
     from grasprune.method.export import load_pruned
-    from grasprune.method.heal import HealConfig, heal
-    from studio.heal_jobs import create_heal_job
+    from grasprune.method.heal import HealConfig
+    from studio.heal_jobs import registry, start_heal
 
     run = run_in_root(with_run(runs_dir, completed_run), runs_dir)
-    cfg = HealConfig(steps=2, samples=2, block_len=16, lr=1e-2)
-    out = run.output_dir().with_name("checkpoint-healed")
-    job = create_heal_job(runs_dir, run.output_dir(), out, cfg, run_id=run.id)
-    heal(run.output_dir(), out, cfg)
     metric = run.report()["metrics"]["ppl_wikitext2"]
-    healed = measure_checkpoint(out, ["wikitext2"], metric["seqlen"], metric["windows"])["metrics"]["ppl_wikitext2"]
+    cfg = HealConfig(steps=2, samples=2, block_len=16, lr=1e-2, eval_datasets=["wikitext2"],
+                     eval_seqlen=metric["seqlen"], eval_windows=metric["windows"])  # as the Heal page starts it
+    out = run.output_dir().with_name("checkpoint-healed")
+    job = start_heal(registry(), runs_dir, run.output_dir(), out, cfg, run_id=run.id)
+    deadline = time.monotonic() + 240
+    while registry().alive(job):
+        assert time.monotonic() < deadline, "the heal job did not end"
+        time.sleep(0.5)
+    healed = job.metrics()["ppl_wikitext2"]
 
     at = app("app_pages/runs.py")
     assert errors(at) == []

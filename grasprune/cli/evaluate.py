@@ -13,6 +13,7 @@ from grasprune.cli.options import comma_list, number
 from grasprune.cli.signals import stop_on_signals
 from grasprune.errors import UserError
 from grasprune.evaluation.generation import Sampling
+from grasprune.events import no_events
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--windows", type=number(int), default=64, help="perplexity windows per dataset (default 64)")
     p.add_argument("--zeroshot", type=comma_list, default=[], metavar="TASKS", help="zero-shot tasks, comma-separated")
     p.add_argument("--limit", type=number(int), default=200, help="zero-shot items per task (default 200)")
-    p.add_argument("--generate", default=None, metavar="PROMPT", help="a prompt each model continues greedily")
+    p.add_argument("--generate", default=None, metavar="PROMPT", help="a prompt each model continues (greedy unless --temperature is above 0)")
     p.add_argument("--new-tokens", type=number(int), default=48, help="tokens to generate (default 48)")
     defaults = Sampling()
     p.add_argument("--temperature", type=number(float), default=defaults.temperature,
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if run_.status().get("status") != "completed":
         raise UserError(f"run {run_.id} has not completed: evaluate a completed run")
     log = event_log(args.events)
-    emit = log.emit if log is not None else (lambda kind, **fields: None)
+    emit = log.emit if log is not None else no_events
     stop = threading.Event()
     stop_on_signals(stop)
     try:

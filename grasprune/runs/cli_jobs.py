@@ -14,6 +14,7 @@ events).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -87,7 +88,8 @@ class CliJob:
 
 
 def create_job(root: Path, folder: str, fields: dict, job_type: type[CliJob] = CliJob) -> CliJob:
-    """A new job folder in ``<root>/<folder>/`` whose job.json holds ``fields`` (``kind`` and ``args`` at least)."""
+    """A new job folder in ``<root>/<folder>/`` whose job.json holds ``fields``: its ``kind``, and its ``args``
+    unless the job's type derives them (``HealJob`` from its settings)."""
     job = job_type(Path(root).resolve() / folder / new_run_id())
     try:
         job.folder.mkdir(parents=True, exist_ok=False)
@@ -211,8 +213,6 @@ class CliJobs:
 
     def shutdown(self, wait_s: float = 30.0) -> None:
         """Stop every running job and wait for it (at exit and in tests)."""
-        import signal
-
         with self._lock:
             procs = [proc for _, proc in self._procs.values() if proc.poll() is None]
         for proc in procs:

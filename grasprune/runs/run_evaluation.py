@@ -66,17 +66,6 @@ class Request:
         self.sampling.check()
 
 
-@dataclass
-class _Loaded:
-    cache: dict = field(default_factory=dict)
-
-    def get(self, run: Run, model: Compared):
-        if model.spec not in self.cache:
-            self.cache.clear()  # one model in memory at a time
-            self.cache[model.spec] = load_compared(run, model)
-        return self.cache[model.spec]
-
-
 def load_compared(run: Run, model: Compared):
     from grasprune.config import resolve_device
 
@@ -101,15 +90,17 @@ def evaluate_run(run: Run, models: list[Compared], request: Request, emit: Emit 
     were computed. ``stop`` ends it between windows (or items), raising ``Stopped``."""
     request.check()
     stop = stop or threading.Event()
-    todo = [(m, what, key, name) for m in models for what, key, name in request.keys(m)
-            if key not in evaluations.load(run)]
+    stored = evaluations.load(run)
+    todo = [(m, what, key, name) for m in models for what, key, name in request.keys(m) if key not in stored]
     emit("phase", phase="loading", total=len(todo))
-    loaded, done = _Loaded(), 0
-    for model, what, key, name in todo:
+    loaded, done = None, 0
+    for model, what, key, name in todo:  # grouped by model: each is loaded once, one in memory at a time
         if stop.is_set():
             raise Stopped(f"stopped after {done} of {len(todo)} results")
         emit("phase", phase="evaluation", model=model.label, measurement=what, name=name, done=done, total=len(todo))
-        lm, tokenizer = loaded.get(run, model)
+        if loaded != model.spec:
+            lm = tokenizer = None  # the previous model goes before the next one loads
+            (lm, tokenizer), loaded = load_compared(run, model), model.spec
         evaluations.record(run, key, _measure(lm, tokenizer, what, name, request, model, emit, stop))
         done += 1
         emit("result", key=key, done=done, total=len(todo))
